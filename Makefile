@@ -1,0 +1,42 @@
+# Inspection Station. `make run` and `make test` set up everything they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run demo test bench lint system-deps venv clean screenshot
+
+run: system-deps venv
+	@if [ -z "$$DISPLAY$$WAYLAND_DISPLAY" ] && [ -z "$$QT_QPA_PLATFORM" ]; then \
+	  echo "No display: starting the station on a virtual screen (xvfb-run)."; \
+	  xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/station demo; \
+	else $(BIN)/station demo; fi
+
+demo: run
+
+test: system-deps venv
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
+
+bench: system-deps venv
+	QT_QPA_PLATFORM=offscreen $(BIN)/station bench receive --json
+
+lint: venv
+	$(BIN)/lint-imports
+
+screenshot: system-deps venv
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m station.ui.screenshot docs/screenshot-main.png
+
+system-deps:
+	@bash packaging/system-deps.sh
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

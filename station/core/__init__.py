@@ -1,0 +1,1 @@
+"""Data model, store, volumes and synthetic data. No Qt, no sockets."""

@@ -1,0 +1,154 @@
+"""Typed station settings, read from one TOML file; defaults work with no file at all.
+
+The file is looked up at ``--config FILE`` or else ``<user config dir>/station.toml``
+(platformdirs). Command-line options override file values (see ``station.cli``).
+
+Example::
+
+    [receiver]
+    aet = "STATION"
+    host = "0.0.0.0"
+    port = 11112
+    max_associations = 16
+
+    [store]
+    path = "/var/lib/station/store"
+
+    [ui]
+    mode = "airport"   # or "clinic"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+APP_NAME = "inspection-station"
+
+
+class ConfigError(ValueError):
+    """The configuration file cannot be used; the message names the file and the key."""
+
+
+def default_store_path() -> Path:
+    """The store used when neither the file nor the command line names one."""
+    return Path(platformdirs.user_data_dir(APP_NAME)) / "store"
+
+
+def default_config_path() -> Path:
+    return Path(platformdirs.user_config_dir(APP_NAME)) / "station.toml"
+
+
+@dataclass
+class ReceiverSettings:
+    aet: str = "STATION"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    max_associations: int = 16
+    # Accept storage SOP classes pynetdicom does not know (vendor DICOS sub-classes,
+    # private classes). Verification and known storage classes are always accepted.
+    accept_unknown_sop_classes: bool = True
+    # Seconds a silent association may hold a slot before it is aborted.
+    network_timeout: float = 30.0
+    # Maximum PDU we offer; 0 means unlimited, which lets senders use large PDUs.
+    max_pdu: int = 0
+
+
+@dataclass
+class StoreSettings:
+    path: Path = field(default_factory=default_store_path)
+
+
+@dataclass
+class UiSettings:
+    mode: str = "airport"  # "airport" (bag/OOI, MHU) or "clinic" (patient, HU)
+
+
+@dataclass
+class SimulatorSettings:
+    interval_s: float = 6.0
+    slices: int = 96
+    size: int = 256
+    threats: int = 1
+    dicos_every: int = 3  # every n-th bag is sent as a DICOS multi-frame CT
+
+
+@dataclass
+class Settings:
+    receiver: ReceiverSettings = field(default_factory=ReceiverSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    ui: UiSettings = field(default_factory=UiSettings)
+    simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
+    source: Path | None = None  # the file these settings came from, if any
+
+
+def _coerce(section: str, key: str, value: Any, target: Any, origin: Path) -> Any:
+    kind = type(target)
+    if isinstance(target, Path):
+        if not isinstance(value, str):
+            raise ConfigError(f"{origin}: [{section}] {key} must be a path string")
+        return Path(value).expanduser()
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{origin}: [{section}] {key} must be true or false")
+        return value
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{origin}: [{section}] {key} must be of type {kind.__name__}, got {value!r}")
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read settings from `path` (or the default location, if it exists).
+
+    Unknown sections or keys are errors, so a typo never silently falls back to a default.
+    """
+    settings = Settings()
+    explicit = path is not None
+    path = Path(path) if path is not None else default_config_path()
+    if not path.exists():
+        if explicit:
+            raise ConfigError(f"{path}: configuration file not found")
+        return settings
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc}") from exc
+    sections = {f.name for f in dataclasses.fields(Settings) if f.name != "source"}
+    for section, values in data.items():
+        if section not in sections:
+            # Later features (remotes, routing, hooks) own their own sections.
+            if section in {"remotes", "routing", "hooks", "cache"}:
+                continue
+            raise ConfigError(f"{path}: unknown section [{section}]")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table")
+        target = getattr(settings, section)
+        known = {f.name for f in dataclasses.fields(target)}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{path}: unknown key {key!r} in [{section}]")
+            setattr(target, key, _coerce(section, key, value, getattr(target, key), path))
+    _validate(settings, path)
+    settings.source = path
+    return settings
+
+
+def _validate(settings: Settings, origin: Path) -> None:
+    r = settings.receiver
+    if not 0 <= r.port <= 65535:
+        raise ConfigError(f"{origin}: [receiver] port {r.port} is not a TCP port")
+    if not r.aet or len(r.aet) > 16 or not r.aet.isascii() or "\\" in r.aet:
+        raise ConfigError(f"{origin}: [receiver] aet {r.aet!r} must be 1-16 ASCII characters")
+    if r.max_associations < 1:
+        raise ConfigError(f"{origin}: [receiver] max_associations must be at least 1")
+    if settings.ui.mode not in {"airport", "clinic"}:
+        raise ConfigError(f"{origin}: [ui] mode must be 'airport' or 'clinic'")

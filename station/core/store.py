@@ -1,0 +1,605 @@
+"""The local store: DICOM files on disk plus an SQLite index.
+
+Hierarchy: object of inspection (patient) -> study (scan) -> series -> instance.
+
+Durability contract, relied on by the receiver before it acknowledges a C-STORE:
+``Store.ingest`` returns only after
+
+1. the whole Part 10 file was written to a temp file in ``<root>/tmp`` (same filesystem),
+2. the temp file was fsynced,
+3. it was atomically renamed to its final name and the directory was fsynced,
+4. the index row was committed (SQLite WAL, ``synchronous=FULL``).
+
+If any step fails it raises ``StoreError`` (``StoreFullError`` for a full disk or quota)
+and nothing half-written stays visible. Leftover temp files from a crash are removed when
+the store is opened again: they were never acknowledged.
+
+File names never come from peer-supplied text: every path component is a hash of a UID.
+
+Thread safety: ``ingest`` may be called from many threads at once (file I/O runs in
+parallel, index writes are serialised); reads use one connection per thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from station.core.events import InstanceStored
+
+LOGGER = logging.getLogger(__name__)
+
+INDEX_NAME = "index.sqlite3"
+SCHEMA_VERSION = 1
+
+# The attributes the index needs, read from the header only (pixel data is never parsed).
+_HEADER_TAGS = [
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+    "PatientID", "PatientName", "Modality", "StudyDate", "StudyTime", "AccessionNumber",
+    "StudyDescription", "SeriesDescription", "SeriesNumber", "InstanceNumber",
+    "NumberOfFrames", "Rows", "Columns",
+]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS patients (
+    patient_id   TEXT PRIMARY KEY,
+    patient_name TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid      TEXT PRIMARY KEY,
+    patient_id     TEXT NOT NULL REFERENCES patients(patient_id),
+    study_date     TEXT NOT NULL DEFAULT '',
+    study_time     TEXT NOT NULL DEFAULT '',
+    accession      TEXT NOT NULL DEFAULT '',
+    description    TEXT NOT NULL DEFAULT '',
+    first_received REAL NOT NULL,
+    last_received  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid     TEXT PRIMARY KEY,
+    study_uid      TEXT NOT NULL REFERENCES studies(study_uid),
+    modality       TEXT NOT NULL DEFAULT '',
+    sop_class_uid  TEXT NOT NULL DEFAULT '',
+    series_number  INTEGER,
+    description    TEXT NOT NULL DEFAULT '',
+    instances      INTEGER NOT NULL DEFAULT 0,
+    frames         INTEGER NOT NULL DEFAULT 0,
+    bytes          INTEGER NOT NULL DEFAULT 0,
+    first_received REAL NOT NULL,
+    last_received  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS series_by_study ON series(study_uid);
+CREATE INDEX IF NOT EXISTS series_by_last ON series(last_received);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    series_uid       TEXT NOT NULL REFERENCES series(series_uid),
+    sop_class_uid    TEXT NOT NULL,
+    instance_number  INTEGER,
+    frames           INTEGER NOT NULL DEFAULT 1,
+    rows             INTEGER,
+    columns          INTEGER,
+    transfer_syntax  TEXT NOT NULL,
+    path             TEXT NOT NULL,
+    bytes            INTEGER NOT NULL,
+    received_at      REAL NOT NULL,
+    source           TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_uid);
+"""
+
+
+class StoreError(Exception):
+    """An instance could not be stored; the message says why. Nothing was kept."""
+
+
+class StoreFullError(StoreError):
+    """The disk or quota is full (a sender should get 0xA700, out of resources)."""
+
+
+class InvalidInstanceError(StoreError):
+    """The data is not a DICOM instance the store can index (missing UIDs, not DICOM)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRow:
+    """One series as the scan list and ``station store ls`` show it."""
+
+    patient_id: str
+    patient_name: str
+    study_uid: str
+    study_date: str
+    study_time: str
+    study_description: str
+    series_uid: str
+    series_number: int | None
+    modality: str
+    sop_class_uid: str
+    description: str
+    instances: int
+    frames: int
+    bytes: int
+    first_received: float
+    last_received: float
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    sop_instance_uid: str
+    series_uid: str
+    sop_class_uid: str
+    instance_number: int | None
+    frames: int
+    path: Path
+    bytes: int
+    transfer_syntax: str
+
+
+def uid_token(uid: str) -> str:
+    """A filesystem-safe, fixed-length name derived from a UID (or any peer text)."""
+    return hashlib.blake2b(uid.encode("utf-8", "surrogateescape"), digest_size=12).hexdigest()
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value).strip("\x00 ")
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    patient_id: str
+    patient_name: str
+    modality: str
+    study_date: str
+    study_time: str
+    accession: str
+    study_description: str
+    series_description: str
+    series_number: int | None
+    instance_number: int | None
+    frames: int
+    rows: int | None
+    columns: int | None
+    transfer_syntax: str
+
+
+def _read_header(data: bytes | memoryview, origin: str) -> _Header:
+    """Parse the index attributes from a complete Part 10 byte string."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        meta = ds.file_meta
+        ts = _text(meta.get("TransferSyntaxUID", ""))
+        sop_class = _text(ds.get("SOPClassUID", "")) or _text(meta.get("MediaStorageSOPClassUID", ""))
+        sop_inst = _text(ds.get("SOPInstanceUID", "")) or _text(meta.get("MediaStorageSOPInstanceUID", ""))
+        study = _text(ds.get("StudyInstanceUID", ""))
+        series = _text(ds.get("SeriesInstanceUID", ""))
+        header = _Header(
+            sop_class_uid=sop_class,
+            sop_instance_uid=sop_inst,
+            study_uid=study,
+            series_uid=series,
+            patient_id=_text(ds.get("PatientID", "")),
+            patient_name=_text(ds.get("PatientName", "")),
+            modality=_text(ds.get("Modality", "")),
+            study_date=_text(ds.get("StudyDate", "")),
+            study_time=_text(ds.get("StudyTime", "")),
+            accession=_text(ds.get("AccessionNumber", "")),
+            study_description=_text(ds.get("StudyDescription", "")),
+            series_description=_text(ds.get("SeriesDescription", "")),
+            series_number=_int_or_none(ds.get("SeriesNumber")),
+            instance_number=_int_or_none(ds.get("InstanceNumber")),
+            frames=max(1, _int_or_none(ds.get("NumberOfFrames")) or 1),
+            rows=_int_or_none(ds.get("Rows")),
+            columns=_int_or_none(ds.get("Columns")),
+            transfer_syntax=ts,
+        )
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
+        raise InvalidInstanceError(f"{origin}: not a readable DICOM instance: {exc}") from exc
+    missing = [
+        name
+        for name, value in (
+            ("SOPInstanceUID", header.sop_instance_uid),
+            ("SOPClassUID", header.sop_class_uid),
+            ("StudyInstanceUID", header.study_uid),
+            ("SeriesInstanceUID", header.series_uid),
+            ("TransferSyntaxUID", header.transfer_syntax),
+        )
+        if not value
+    ]
+    if missing:
+        raise InvalidInstanceError(f"{origin}: missing {', '.join(missing)}")
+    return header
+
+
+class Store:
+    """Files plus index. Open with ``Store(root)``; close with ``close()``."""
+
+    def __init__(self, root: str | os.PathLike[str], *, durable: bool = True) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.objects_dir = self.root / "objects"
+        self.tmp_dir = self.root / "tmp"
+        self.index_path = self.root / INDEX_NAME
+        # durable=False skips fsync; only for building throw-away test data quickly.
+        self._durable = durable
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._known_dirs: set[Path] = set()
+        self._closed = False
+        for d in (self.root, self.objects_dir, self.tmp_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temp_files()
+        needs_rebuild = not self.index_path.exists() and any(self.objects_dir.iterdir())
+        try:
+            self._writer = self._connect()
+            self._writer.executescript(_SCHEMA)
+            self._check_schema()
+        except sqlite3.DatabaseError as exc:
+            LOGGER.error("index %s is unreadable (%s); moving it aside and rebuilding", self.index_path, exc)
+            self._set_aside_index()
+            self._writer = self._connect()
+            self._writer.executescript(_SCHEMA)
+            self._check_schema()
+            needs_rebuild = True
+        if needs_rebuild:
+            self.rebuild_index()
+
+    # -- opening and closing -------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.index_path, timeout=30, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=" + ("FULL" if self._durable else "OFF"))
+        conn.execute("PRAGMA foreign_keys=ON")
+        with self._connections_lock:
+            self._connections.append(conn)
+        return conn
+
+    def _check_schema(self) -> None:
+        row = self._writer.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            self._writer.execute("INSERT INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"schema version {row[0]}, expected {SCHEMA_VERSION}")
+        self._writer.execute("SELECT count(*) FROM instances").fetchone()
+
+    def _set_aside_index(self) -> None:
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(str(self.index_path) + suffix)
+            if p.exists():
+                p.replace(p.with_name(p.name + f".corrupt-{stamp}"))
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Close every index connection. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._connections_lock:
+            for conn in self._connections:
+                try:
+                    conn.close()
+                except sqlite3.Error:  # closing must not mask the reason we are closing
+                    LOGGER.exception("closing index connection")
+            self._connections.clear()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _remove_stale_temp_files(self) -> None:
+        for leftover in self.tmp_dir.iterdir():
+            LOGGER.warning("removing unacknowledged temp file from an earlier run: %s", leftover.name)
+            try:
+                leftover.unlink()
+            except OSError as exc:
+                LOGGER.error("cannot remove %s: %s", leftover, exc)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def final_path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+        """Where an instance lives; every component is a hash, never peer text."""
+        study = uid_token(study_uid)
+        return self.objects_dir / study[:2] / study / uid_token(series_uid) / (uid_token(sop_instance_uid) + ".dcm")
+
+    def ingest(self, parts: Sequence[bytes | bytearray | memoryview], *, source: str = "") -> InstanceStored:
+        """Durably store one complete Part 10 file given as consecutive byte chunks.
+
+        Called on receiver (association) threads and by imports. Returns the event to
+        publish once the instance is safe; raises StoreError otherwise.
+        """
+        if self._closed:
+            raise StoreError("store is closed")
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        header = _read_header(data, source or "instance")
+        final = self.final_path(header.study_uid, header.series_uid, header.sop_instance_uid)
+        tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        nbytes = 0
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                view = memoryview(data)
+                while nbytes < len(view):
+                    nbytes += os.write(fd, view[nbytes:])
+                if self._durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._ensure_dir(final.parent)
+            os.replace(tmp, final)
+            if self._durable:
+                _fsync_dir(final.parent)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                LOGGER.exception("cannot remove temp file %s", tmp)
+            if _is_full(exc):
+                raise StoreFullError(f"store {self.root} is full: {exc.strerror}") from exc
+            raise StoreError(f"cannot write {final.name}: {exc}") from exc
+        received_at = time.time()
+        try:
+            replaced_path = self._index(header, final, nbytes, received_at, source)
+        except sqlite3.Error as exc:
+            # The file is complete but not indexed; without the row it was never stored.
+            LOGGER.error("index write failed for %s: %s", header.sop_instance_uid, exc)
+            final.unlink(missing_ok=True)
+            if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
+                raise StoreFullError(f"index {self.index_path} is full: {exc}") from exc
+            raise StoreError(f"cannot index instance: {exc}") from exc
+        if replaced_path is not None and replaced_path != final:
+            replaced_path.unlink(missing_ok=True)
+        return InstanceStored(
+            patient_id=header.patient_id,
+            study_uid=header.study_uid,
+            series_uid=header.series_uid,
+            sop_instance_uid=header.sop_instance_uid,
+            sop_class_uid=header.sop_class_uid,
+            modality=header.modality,
+            path=str(final),
+            number_of_frames=header.frames,
+            instance_number=header.instance_number,
+            nbytes=nbytes,
+            source=source,
+            received_at=received_at,
+        )
+
+    def _ensure_dir(self, directory: Path) -> None:
+        if directory in self._known_dirs:
+            return
+        missing: list[Path] = []
+        probe = directory
+        while not probe.exists():
+            missing.append(probe)
+            probe = probe.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        if self._durable:
+            # A new directory entry is only durable once its parent is fsynced.
+            for created in reversed(missing):
+                _fsync_dir(created.parent)
+        self._known_dirs.add(directory)
+
+    def _index(self, h: _Header, path: Path, nbytes: int, now: float, source: str) -> Path | None:
+        """Insert or replace the instance row and roll up counts. Returns a replaced file."""
+        rel = str(path.relative_to(self.root))
+        with self._write_lock:
+            c = self._writer
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                old = c.execute(
+                    "SELECT series_uid, frames, bytes, path FROM instances WHERE sop_instance_uid=?",
+                    (h.sop_instance_uid,),
+                ).fetchone()
+                c.execute(
+                    "INSERT INTO patients(patient_id, patient_name) VALUES (?, ?) "
+                    "ON CONFLICT(patient_id) DO UPDATE SET patient_name="
+                    "CASE WHEN excluded.patient_name != '' THEN excluded.patient_name ELSE patient_name END",
+                    (h.patient_id, h.patient_name),
+                )
+                c.execute(
+                    "INSERT INTO studies(study_uid, patient_id, study_date, study_time, accession, description,"
+                    " first_received, last_received) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(study_uid) DO UPDATE SET last_received=excluded.last_received",
+                    (h.study_uid, h.patient_id, h.study_date, h.study_time, h.accession,
+                     h.study_description, now, now),
+                )
+                c.execute(
+                    "INSERT INTO series(series_uid, study_uid, modality, sop_class_uid, series_number,"
+                    " description, first_received, last_received) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(series_uid) DO UPDATE SET last_received=excluded.last_received",
+                    (h.series_uid, h.study_uid, h.modality, h.sop_class_uid, h.series_number,
+                     h.series_description, now, now),
+                )
+                if old is not None:
+                    c.execute(
+                        "UPDATE series SET instances=instances-1, frames=frames-?, bytes=bytes-? WHERE series_uid=?",
+                        (old[1], old[2], old[0]),
+                    )
+                c.execute(
+                    "INSERT OR REPLACE INTO instances(sop_instance_uid, series_uid, sop_class_uid, instance_number,"
+                    " frames, rows, columns, transfer_syntax, path, bytes, received_at, source)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (h.sop_instance_uid, h.series_uid, h.sop_class_uid, h.instance_number, h.frames,
+                     h.rows, h.columns, h.transfer_syntax, rel, nbytes, now, source),
+                )
+                c.execute(
+                    "UPDATE series SET instances=instances+1, frames=frames+?, bytes=bytes+? WHERE series_uid=?",
+                    (h.frames, nbytes, h.series_uid),
+                )
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        return (self.root / old[3]) if old is not None else None
+
+    # -- importing and rebuilding -----------------------------------------------------------
+
+    def import_file(self, path: str | os.PathLike[str], *, source: str = "import") -> InstanceStored:
+        """Store a file from disk as if it had been received. Raises StoreError naming it."""
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot read: {exc.strerror}") from exc
+        if len(raw) < 132 or raw[128:132] != b"DICM":
+            raw = _to_part10(raw, path)
+        try:
+            return self.ingest([raw], source=source)
+        except InvalidInstanceError as exc:
+            raise InvalidInstanceError(f"{path}: {str(exc).split(': ', 1)[-1]}") from exc
+
+    def import_paths(self, paths: Iterable[str | os.PathLike[str]]) -> tuple[list[InstanceStored], list[str]]:
+        """Import files and folders (recursively); return what was stored and one error per bad file."""
+        stored: list[InstanceStored] = []
+        errors: list[str] = []
+        for file in _walk(paths):
+            try:
+                stored.append(self.import_file(file))
+            except StoreFullError:
+                raise
+            except StoreError as exc:
+                errors.append(str(exc))
+        return stored, errors
+
+    def rebuild_index(self) -> int:
+        """Re-create every index row from the files under ``objects/``; return the count."""
+        with self._write_lock:
+            self._writer.executescript(
+                "DELETE FROM instances; DELETE FROM series; DELETE FROM studies; DELETE FROM patients;"
+            )
+        count = 0
+        for file in sorted(self.objects_dir.rglob("*.dcm")):
+            try:
+                raw = file.read_bytes()
+                header = _read_header(raw, str(file))
+                expected = self.final_path(header.study_uid, header.series_uid, header.sop_instance_uid)
+                if expected != file:
+                    LOGGER.warning("rebuild: %s belongs at %s; moving it", file, expected)
+                    self._ensure_dir(expected.parent)
+                    os.replace(file, expected)
+                self._index(header, expected, len(raw), file.stat().st_mtime if file.exists() else time.time(),
+                            "rebuild")
+                count += 1
+            except (StoreError, OSError) as exc:
+                LOGGER.error("rebuild: skipping %s: %s", file, exc)
+        LOGGER.info("rebuilt index of %s: %d instances", self.root, count)
+        return count
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def series_list(self) -> list[SeriesRow]:
+        """Every series, newest activity first."""
+        rows = self._reader().execute(
+            "SELECT p.patient_id, p.patient_name, st.study_uid, st.study_date, st.study_time, st.description,"
+            " se.series_uid, se.series_number, se.modality, se.sop_class_uid, se.description, se.instances,"
+            " se.frames, se.bytes, se.first_received, se.last_received"
+            " FROM series se JOIN studies st ON st.study_uid = se.study_uid"
+            " JOIN patients p ON p.patient_id = st.patient_id"
+            " ORDER BY se.last_received DESC"
+        ).fetchall()
+        return [SeriesRow(*row) for row in rows]
+
+    def series(self, series_uid: str) -> SeriesRow | None:
+        for row in self.series_list():
+            if row.series_uid == series_uid:
+                return row
+        return None
+
+    def instances(self, series_uid: str) -> list[InstanceRow]:
+        """The instances of a series, in instance-number order (geometry sorting is the volume's job)."""
+        rows = self._reader().execute(
+            "SELECT sop_instance_uid, series_uid, sop_class_uid, instance_number, frames, path, bytes,"
+            " transfer_syntax FROM instances WHERE series_uid=?"
+            " ORDER BY instance_number IS NULL, instance_number, received_at",
+            (series_uid,),
+        ).fetchall()
+        return [
+            InstanceRow(r[0], r[1], r[2], r[3], r[4], self.root / r[5], r[6], r[7]) for r in rows
+        ]
+
+    def count_instances(self) -> int:
+        return int(self._reader().execute("SELECT count(*) FROM instances").fetchone()[0])
+
+
+def _walk(paths: Iterable[str | os.PathLike[str]]) -> Iterable[Path]:
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            for sub in sorted(p.rglob("*")):
+                if sub.is_file() and not sub.name.startswith("."):
+                    yield sub
+        else:
+            yield p
+
+
+def _to_part10(raw: bytes, origin: Path) -> bytes:
+    """Give a bare dataset (no preamble or file meta) a proper Part 10 wrapper."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(raw), force=True)
+        if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
+            raise InvalidInstanceError(f"{origin}: not a DICOM file (no SOP Class/Instance UID)")
+        ds.ensure_file_meta()
+        meta = ds.file_meta
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if "TransferSyntaxUID" not in meta:
+            meta.TransferSyntaxUID = (
+                pydicom.uid.ImplicitVRLittleEndian if ds.is_implicit_VR in (True, None)
+                else pydicom.uid.ExplicitVRLittleEndian
+            )
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        return out.getvalue()
+    except InvalidInstanceError:
+        raise
+    except Exception as exc:  # pydicom raises many types for garbage input
+        raise InvalidInstanceError(f"{origin}: not a DICOM file: {exc}") from exc

@@ -1,0 +1,1 @@
+"""DICOM networking (pynetdicom): receiver and sender. No Qt."""
