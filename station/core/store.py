@@ -8,7 +8,15 @@ Durability contract, relied on by the receiver before it acknowledges a C-STORE:
 1. the whole Part 10 file was written to a temp file in ``<root>/tmp`` (same filesystem),
 2. the temp file was fsynced,
 3. it was atomically renamed to its final name and the directory was fsynced,
-4. the index row was committed (SQLite WAL, ``synchronous=FULL``).
+4. the index row was committed (SQLite WAL).
+
+The files are the source of truth; the index is derived from them. SQLite runs with
+``synchronous=NORMAL``: a commit survives a crash of the process (the test kills the
+receiver with SIGKILL), and after an operating-system crash or power loss the last
+commits may be missing from the index but never the files, which were fsynced. A store
+that was not closed cleanly (``.dirty`` marker present) is therefore reconciled when it
+is opened: files without an index row are indexed again, rows without a file dropped.
+This saves one journal flush per instance (about a third of the durable-write cost).
 
 If any step fails it raises ``StoreError`` (``StoreFullError`` for a full disk or quota)
 and nothing half-written stays visible. Leftover temp files from a crash are removed when
@@ -45,13 +53,6 @@ LOGGER = logging.getLogger(__name__)
 INDEX_NAME = "index.sqlite3"
 SCHEMA_VERSION = 1
 
-# The attributes the index needs, read from the header only (pixel data is never parsed).
-_HEADER_TAGS = [
-    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
-    "PatientID", "PatientName", "Modality", "StudyDate", "StudyTime", "AccessionNumber",
-    "StudyDescription", "SeriesDescription", "SeriesNumber", "InstanceNumber",
-    "NumberOfFrames", "Rows", "Columns",
-]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -172,6 +173,60 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_all(fd: int, parts: Sequence[bytes | bytearray | memoryview]) -> int:
+    """Write every part with as few syscalls (and no joined copy) as possible."""
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    total = sum(len(v) for v in views)
+    written = 0
+    while views:
+        n = os.writev(fd, views)
+        written += n
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
+    if written != total:
+        raise OSError(errno.EIO, "short write")
+    return written
+
+
+_PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
+_HEADER_PROBE = 32 * 1024
+
+
+def _header_bytes(parts: Sequence[bytes | bytearray | memoryview]) -> bytes | bytearray | memoryview:
+    """A contiguous prefix of the Part 10 stream that holds at least every header element.
+
+    Copying a whole 512 KB slice just to read its header costs more than the header
+    read itself, so cut before the first little-endian Pixel Data tag when there is
+    one; _read_header falls back to everything if the cut turns out to be too early.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    head = bytes(parts[0])
+    body = memoryview(parts[1]).cast("B")
+    cut = bytes(body[:_HEADER_PROBE]).find(_PIXEL_DATA_TAG_LE) if len(parts) == 2 else -1
+    if cut < 0:
+        return _joined(parts)
+    return head + bytes(body[:cut])
+
+
+def _joined(parts: Sequence[bytes | bytearray | memoryview]) -> bytes:
+    return b"".join(bytes(p) if not isinstance(p, bytes) else p for p in parts)
+
+
+def _parse_header(parts: Sequence[bytes | bytearray | memoryview], origin: str) -> _Header:
+    prefix = _header_bytes(parts)
+    try:
+        return _read_header(prefix, origin)
+    except InvalidInstanceError:
+        if len(parts) == 1 or len(prefix) == sum(len(p) for p in parts):
+            raise
+        # The cut landed inside some other element's value: read the whole thing.
+        return _read_header(_joined(parts), origin)
+
+
 def _is_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -198,32 +253,48 @@ class _Header:
     transfer_syntax: str
 
 
-def _read_header(data: bytes | memoryview, origin: str) -> _Header:
-    """Parse the index attributes from a complete Part 10 byte string."""
+def _raw_text(ds: pydicom.Dataset, tag: int) -> str:
+    """The value of an ASCII-only element (UI, CS, DA, TM, IS) without pydicom's conversion.
+
+    Converting through pydicom validates and wraps every value, which costs more than
+    the rest of the header read; the index only needs the stripped text.
+    """
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        elem = ds.get_item(tag)
+    except KeyError:
+        return ""
+    if elem is None:
+        return ""
+    value = elem.value
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("ascii", "replace").strip("\x00 ")
+    return _text(value)
+
+
+def _read_header(data: bytes | bytearray | memoryview, origin: str) -> _Header:
+    """Parse the index attributes from a Part 10 byte string (pixel data not needed)."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         meta = ds.file_meta
         ts = _text(meta.get("TransferSyntaxUID", ""))
-        sop_class = _text(ds.get("SOPClassUID", "")) or _text(meta.get("MediaStorageSOPClassUID", ""))
-        sop_inst = _text(ds.get("SOPInstanceUID", "")) or _text(meta.get("MediaStorageSOPInstanceUID", ""))
-        study = _text(ds.get("StudyInstanceUID", ""))
-        series = _text(ds.get("SeriesInstanceUID", ""))
+        sop_class = _raw_text(ds, 0x00080016) or _text(meta.get("MediaStorageSOPClassUID", ""))
+        sop_inst = _raw_text(ds, 0x00080018) or _text(meta.get("MediaStorageSOPInstanceUID", ""))
         header = _Header(
             sop_class_uid=sop_class,
             sop_instance_uid=sop_inst,
-            study_uid=study,
-            series_uid=series,
+            study_uid=_raw_text(ds, 0x0020000D),
+            series_uid=_raw_text(ds, 0x0020000E),
             patient_id=_text(ds.get("PatientID", "")),
             patient_name=_text(ds.get("PatientName", "")),
-            modality=_text(ds.get("Modality", "")),
-            study_date=_text(ds.get("StudyDate", "")),
-            study_time=_text(ds.get("StudyTime", "")),
+            modality=_raw_text(ds, 0x00080060),
+            study_date=_raw_text(ds, 0x00080020),
+            study_time=_raw_text(ds, 0x00080030),
             accession=_text(ds.get("AccessionNumber", "")),
             study_description=_text(ds.get("StudyDescription", "")),
             series_description=_text(ds.get("SeriesDescription", "")),
-            series_number=_int_or_none(ds.get("SeriesNumber")),
-            instance_number=_int_or_none(ds.get("InstanceNumber")),
-            frames=max(1, _int_or_none(ds.get("NumberOfFrames")) or 1),
+            series_number=_int_or_none(_raw_text(ds, 0x00200011)),
+            instance_number=_int_or_none(_raw_text(ds, 0x00200013)),
+            frames=max(1, _int_or_none(_raw_text(ds, 0x00280008)) or 1),
             rows=_int_or_none(ds.get("Rows")),
             columns=_int_or_none(ds.get("Columns")),
             transfer_syntax=ts,
@@ -266,6 +337,8 @@ class Store:
             d.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temp_files()
         needs_rebuild = not self.index_path.exists() and any(self.objects_dir.iterdir())
+        self._dirty_marker = self.root / ".dirty"
+        was_dirty = self._dirty_marker.exists()
         try:
             self._writer = self._connect()
             self._writer.executescript(_SCHEMA)
@@ -279,13 +352,18 @@ class Store:
             needs_rebuild = True
         if needs_rebuild:
             self.rebuild_index()
+        elif was_dirty:
+            self.reconcile()
+        self._dirty_marker.touch()
+        if self._durable:
+            _fsync_dir(self.root)
 
     # -- opening and closing -------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.index_path, timeout=30, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=" + ("FULL" if self._durable else "OFF"))
+        conn.execute("PRAGMA synchronous=" + ("NORMAL" if self._durable else "OFF"))
         conn.execute("PRAGMA foreign_keys=ON")
         with self._connections_lock:
             self._connections.append(conn)
@@ -329,6 +407,10 @@ class Store:
                 except sqlite3.Error:  # closing must not mask the reason we are closing
                     LOGGER.exception("closing index connection")
             self._connections.clear()
+        try:
+            self._dirty_marker.unlink(missing_ok=True)
+        except OSError as exc:
+            LOGGER.error("cannot clear %s: %s", self._dirty_marker, exc)
 
     def __enter__(self) -> Store:
         return self
@@ -359,17 +441,14 @@ class Store:
         """
         if self._closed:
             raise StoreError("store is closed")
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        header = _read_header(data, source or "instance")
+        header = _parse_header(parts, source or "instance")
         final = self.final_path(header.study_uid, header.series_uid, header.sop_instance_uid)
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         nbytes = 0
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
-                view = memoryview(data)
-                while nbytes < len(view):
-                    nbytes += os.write(fd, view[nbytes:])
+                nbytes = _write_all(fd, parts)
                 if self._durable:
                     os.fsync(fd)
             finally:
@@ -533,6 +612,43 @@ class Store:
                 LOGGER.error("rebuild: skipping %s: %s", file, exc)
         LOGGER.info("rebuilt index of %s: %d instances", self.root, count)
         return count
+
+    def reconcile(self) -> tuple[int, int]:
+        """Make index and files agree after an unclean stop; return (indexed, dropped)."""
+        indexed_paths = {
+            row[0] for row in self._writer.execute("SELECT path FROM instances").fetchall()
+        }
+        on_disk = {str(p.relative_to(self.root)) for p in self.objects_dir.rglob("*.dcm")}
+        added = 0
+        for rel in sorted(on_disk - indexed_paths):
+            file = self.root / rel
+            try:
+                raw = file.read_bytes()
+                header = _read_header(raw, str(file))
+                self._index(header, file, len(raw), file.stat().st_mtime, "recovered")
+                added += 1
+            except (StoreError, OSError) as exc:
+                LOGGER.error("reconcile: cannot index %s: %s", file, exc)
+        dropped = 0
+        for rel in sorted(indexed_paths - on_disk):
+            LOGGER.error("reconcile: index row without file %s; dropping the row", rel)
+            with self._write_lock:
+                row = self._writer.execute(
+                    "SELECT sop_instance_uid, series_uid, frames, bytes FROM instances WHERE path=?", (rel,)
+                ).fetchone()
+                if row is None:
+                    continue
+                self._writer.execute("BEGIN IMMEDIATE")
+                self._writer.execute("DELETE FROM instances WHERE sop_instance_uid=?", (row[0],))
+                self._writer.execute(
+                    "UPDATE series SET instances=instances-1, frames=frames-?, bytes=bytes-? WHERE series_uid=?",
+                    (row[2], row[3], row[1]),
+                )
+                self._writer.execute("COMMIT")
+            dropped += 1
+        if added or dropped:
+            LOGGER.warning("reconciled store %s: %d files indexed again, %d rows dropped", self.root, added, dropped)
+        return added, dropped
 
     # -- reading ------------------------------------------------------------------------------
 

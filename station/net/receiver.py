@@ -1,0 +1,228 @@
+"""The station's DICOM receiver: a pynetdicom storage SCP on background threads.
+
+Accepts Verification, every storage SOP class pynetdicom knows, the DICOS classes (which
+pynetdicom does not know; registered here) and, if configured, any other storage SOP
+class a vendor invents. Every instance is durably stored and indexed by
+``Store.ingest`` before the success status goes back; if that fails the sender gets a
+failure status (0xA700 out of resources, 0xC000 cannot understand), never success.
+
+Threads: pynetdicom runs one thread per association and calls the handlers below on it.
+Handlers only persist, index and publish an event on the ``EventBus``; they never wait on
+the GUI.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from pydicom.filewriter import write_file_meta_info
+from pydicom.filebase import DicomBytesIO
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification
+
+from station.core.config import ReceiverSettings
+from station.core.events import (
+    AssociationClosed,
+    AssociationOpened,
+    EventBus,
+    ReceiverError,
+    ReceiverState,
+)
+from station.core.store import InvalidInstanceError, Store, StoreError, StoreFullError
+from station.net import reactor
+from station.net.sopclasses import register_dicos_sop_classes
+
+LOGGER = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+
+class ReceiverStartError(RuntimeError):
+    """The receiver could not listen (port in use, bad address, no permission)."""
+
+
+def peer_of(event: evt.Event) -> tuple[str, str]:
+    """Return ("host:port", calling AE title) of the peer behind `event`."""
+    requestor = event.assoc.requestor
+    return f"{requestor.address}:{requestor.port}", (requestor.ae_title or "").strip()
+
+
+class Receiver:
+    """Listens for DICOM associations and stores what arrives.
+
+    ``start()`` and ``stop()`` are called from the owner's thread (the GUI thread or the
+    ``station serve`` main thread); the handlers run on pynetdicom's association threads.
+    """
+
+    def __init__(self, store: Store, bus: EventBus, settings: ReceiverSettings) -> None:
+        self.store = store
+        self.bus = bus
+        self.settings = settings
+        self._server: Any = None
+        self._lock = threading.Lock()
+        self._open = 0
+        self._received = 0
+        self._errors = 0
+        self._port = settings.port
+
+    # -- state (read from any thread) -------------------------------------------------------
+
+    @property
+    def aet(self) -> str:
+        return self.settings.aet
+
+    @property
+    def host(self) -> str:
+        return self.settings.host
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (differs from the setting when it was 0)."""
+        return self._port
+
+    @property
+    def open_associations(self) -> int:
+        return self._open
+
+    @property
+    def instances_received(self) -> int:
+        return self._received
+
+    @property
+    def errors(self) -> int:
+        return self._errors
+
+    @property
+    def is_running(self) -> bool:
+        return self._server is not None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _make_ae(self) -> AE:
+        register_dicos_sop_classes()
+        # Vendor DICOS sub-classes and private classes are storage too; pynetdicom only
+        # accepts unknown abstract syntaxes as storage with this switch.
+        _config.UNRESTRICTED_STORAGE_SERVICE = self.settings.accept_unknown_sop_classes
+        # pynetdicom's "standard" handlers format a log line for every PDU and DIMSE
+        # message even when nothing is logged: about a millisecond per instance. The
+        # receiver logs what matters itself (peer, AE title, status).
+        _config.LOG_HANDLER_LEVEL = "none"
+        ae = AE(ae_title=self.settings.aet)
+        ae.maximum_pdu_size = self.settings.max_pdu
+        ae.maximum_associations = self.settings.max_associations
+        ae.network_timeout = self.settings.network_timeout
+        ae.acse_timeout = min(30.0, self.settings.network_timeout)
+        ae.dimse_timeout = self.settings.network_timeout
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        for context in StoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        for uid in register_dicos_sop_classes():
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+        return ae
+
+    def start(self) -> None:
+        """Bind and start serving in background threads; raise ReceiverStartError if not possible."""
+        if self._server is not None:
+            return
+        reactor.install()
+        ae = self._make_ae()
+        handlers = [
+            (evt.EVT_C_STORE, self._on_c_store),
+            (evt.EVT_C_ECHO, self._on_c_echo),
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_ABORTED, self._on_aborted),
+        ]
+        try:
+            self._server = ae.start_server(
+                (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
+            )
+        except OSError as exc:
+            message = f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror or exc}"
+            self.bus.publish(ReceiverState(False, self.aet, self.settings.host, self.settings.port, message))
+            raise ReceiverStartError(message) from exc
+        self._port = self._server.server_address[1]
+        LOGGER.info("receiver %s listening on %s:%d", self.aet, self.settings.host, self._port)
+        self.bus.publish(ReceiverState(True, self.aet, self.settings.host, self._port))
+
+    def stop(self) -> None:
+        """Stop listening and end open associations. Safe to call twice."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        LOGGER.info("receiver %s on port %d stopped", self.aet, self._port)
+        self.bus.publish(ReceiverState(False, self.aet, self.settings.host, self._port, "stopped"))
+
+    # -- handlers (association threads) ----------------------------------------------------------
+
+    def _on_conn_open(self, event: evt.Event) -> None:
+        with self._lock:
+            self._open += 1
+            count = self._open
+        peer = f"{event.address[0]}:{event.address[1]}"
+        self.bus.publish(AssociationOpened(peer, "", count))
+
+    def _on_conn_close(self, event: evt.Event) -> None:
+        with self._lock:
+            self._open = max(0, self._open - 1)
+            count = self._open
+        peer, aet = f"{event.address[0]}:{event.address[1]}", ""
+        try:
+            peer, aet = peer_of(event)
+        except AttributeError:  # the connection closed before association negotiation
+            pass
+        how = "aborted" if event.assoc.is_aborted else "released" if event.assoc.is_released else "closed"
+        self.bus.publish(AssociationClosed(peer, aet, count, how))
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        peer, aet = peer_of(event)
+        self._error(peer, aet, "association rejected", None)
+
+    def _on_aborted(self, event: evt.Event) -> None:
+        peer, aet = peer_of(event)
+        LOGGER.warning("association from %s (%s) aborted", aet, peer)
+
+    def _on_c_echo(self, event: evt.Event) -> int:
+        return STATUS_SUCCESS
+
+    def _error(self, peer: str, aet: str, message: str, status: int | None) -> None:
+        with self._lock:
+            self._errors += 1
+        self.bus.publish(ReceiverError(peer, aet, message, status))
+
+    def _on_c_store(self, event: evt.Event) -> int:
+        """Persist one instance; answer success only once it is durable and indexed."""
+        peer, aet = peer_of(event)
+        source = f"{aet}@{peer}"
+        try:
+            dataset = event.request.DataSet  # BytesIO of the dataset as received (not decoded)
+            meta = DicomBytesIO()
+            meta.write(b"\x00" * 128 + b"DICM")
+            write_file_meta_info(meta, event.file_meta, enforce_standard=True)
+            stored = self.store.ingest([meta.getvalue(), dataset.getbuffer()], source=source)
+        except StoreFullError as exc:
+            LOGGER.error("store full, refusing instance from %s (%s): %s", aet, peer, exc)
+            self._error(peer, aet, str(exc), STATUS_OUT_OF_RESOURCES)
+            return STATUS_OUT_OF_RESOURCES
+        except InvalidInstanceError as exc:
+            LOGGER.error("cannot understand instance from %s (%s): %s", aet, peer, exc)
+            self._error(peer, aet, str(exc), STATUS_CANNOT_UNDERSTAND)
+            return STATUS_CANNOT_UNDERSTAND
+        except StoreError as exc:
+            LOGGER.error("cannot store instance from %s (%s): %s", aet, peer, exc)
+            self._error(peer, aet, str(exc), STATUS_OUT_OF_RESOURCES)
+            return STATUS_OUT_OF_RESOURCES
+        except Exception as exc:  # never answer success for something we did not keep
+            LOGGER.exception("unexpected failure storing instance from %s (%s)", aet, peer)
+            self._error(peer, aet, f"internal error: {exc}", STATUS_CANNOT_UNDERSTAND)
+            return STATUS_CANNOT_UNDERSTAND
+        with self._lock:
+            self._received += 1
+        self.bus.publish(stored)
+        return STATUS_SUCCESS
