@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -633,12 +632,12 @@ def test_array_peak_memory_stays_near_result_size(tmp_path):
     assert peak <= 1.5 * arr.nbytes
 
 
-def test_header_reads_are_fast(tmp_path):
+def test_adding_files_reads_headers_only(tmp_path):
+    # Speed is measured by benchmarks, not here: this checks the property that makes
+    # adding fast, namely that no pixel data is read or cached until a slice is shown.
     paths, _, _ = make_series(tmp_path, 100, shape=(8, 8))
-    t0 = time.perf_counter()
     vol = SeriesVolume()
     vol.add_files(paths)
-    elapsed = time.perf_counter() - t0
-    # Budget: 300 slices well under 1 s, so 100 in under 1 s leaves room for slow CI.
-    assert elapsed < 1.0
+    assert vol.n_slices == 100
     assert isinstance(vol.slices[0], SliceInfo)
+    assert vol.cache_bytes == 0
