@@ -55,6 +55,8 @@ class ReceiverSettings:
     accept_unknown_sop_classes: bool = True
     # Seconds a silent association may hold a slot before it is aborted.
     network_timeout: float = 30.0
+    # Seconds to wait for a peer's association request or release answer.
+    acse_timeout: float = 10.0
     # Maximum PDU we offer; 0 means unlimited, which lets senders use large PDUs.
     max_pdu: int = 0
 

@@ -14,6 +14,7 @@ the GUI.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from typing import Any
 
@@ -36,9 +37,48 @@ from station.net.sopclasses import register_dicos_sop_classes
 
 LOGGER = logging.getLogger(__name__)
 
+_AET_UNSAFE = re.compile(r"[^\x20-\x5b\x5d-\x7e]")  # printable ASCII except backslash
+
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
+
+
+_UNCOMPRESSED = (
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
+)
+
+
+_LOSSLESS_COMPRESSED = frozenset({
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless (Process 14)
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1 (DICOS CT)
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.92",  # JPEG 2000 Part 2 Lossless
+    "1.2.840.10008.1.2.4.110",  # JPEG XL Lossless
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K RPCL Lossless
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.8.1",  # Deflated Image Frame Compression
+})
+
+
+def _preferred_transfer_syntaxes() -> list[str]:
+    """Transfer syntaxes in the order the receiver prefers them when a context offers several.
+
+    pynetdicom picks the first of *our* list that the sender proposed. A sender that
+    proposes a compressed syntax next to uncompressed ones holds the object compressed
+    (dcmtk storescu proposes the file's own syntax plus uncompressed): taking the
+    compressed one stores the original bytes and spares the sender a decompression it
+    may not be able to do. Lossless before lossy, so nothing is degraded by our choice.
+    """
+    compressed = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _UNCOMPRESSED]
+    lossless = [ts for ts in compressed if ts in _LOSSLESS_COMPRESSED]
+    lossy = [ts for ts in compressed if ts not in _LOSSLESS_COMPRESSED]
+    return lossless + list(_UNCOMPRESSED) + lossy
 
 
 class ReceiverStartError(RuntimeError):
@@ -115,13 +155,14 @@ class Receiver:
         ae.maximum_pdu_size = self.settings.max_pdu
         ae.maximum_associations = self.settings.max_associations
         ae.network_timeout = self.settings.network_timeout
-        ae.acse_timeout = min(30.0, self.settings.network_timeout)
+        ae.acse_timeout = self.settings.acse_timeout
         ae.dimse_timeout = self.settings.network_timeout
-        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        syntaxes = _preferred_transfer_syntaxes()
+        ae.add_supported_context(Verification, list(_UNCOMPRESSED))
         for context in StoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(context.abstract_syntax, syntaxes)
         for uid in register_dicos_sop_classes():
-            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(uid, syntaxes)
         return ae
 
     def start(self) -> None:
@@ -202,9 +243,13 @@ class Receiver:
         source = f"{aet}@{peer}"
         try:
             dataset = event.request.DataSet  # BytesIO of the dataset as received (not decoded)
+            file_meta = event.file_meta
+            if aet:
+                # Records which scanner sent the object, as Part 10 intends.
+                file_meta.SourceApplicationEntityTitle = _AET_UNSAFE.sub("_", aet)[:16]
             meta = DicomBytesIO()
             meta.write(b"\x00" * 128 + b"DICM")
-            write_file_meta_info(meta, event.file_meta, enforce_standard=True)
+            write_file_meta_info(meta, file_meta, enforce_standard=True)
             stored = self.store.ingest([meta.getvalue(), dataset.getbuffer()], source=source)
         except StoreFullError as exc:
             LOGGER.error("store full, refusing instance from %s (%s): %s", aet, peer, exc)

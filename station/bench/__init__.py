@@ -1,0 +1,29 @@
+"""Benchmarks: ``station bench WHAT --json``. Each prints one JSON object on its last line
+with the figure, the peer it was measured against in the same run, and the ratio."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def run_bench(what: str, *, json_output: bool, args: argparse.Namespace) -> int:
+    if what == "receive":
+        from station.bench.receive import bench_receive
+
+        result = bench_receive(slices=args.slices, size=args.size, repeat=args.repeat)
+    else:  # argparse restricts the choices; this guards direct callers
+        raise ValueError(f"unknown benchmark {what!r}")
+    if json_output:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>28}: {value}")
+    return 0 if result.get("complete", True) else 1
+
+
+def main() -> int:  # pragma: no cover - convenience for python -m station.bench
+    from station.cli import main as cli_main
+
+    return cli_main(["bench", *sys.argv[1:]])

@@ -1,0 +1,281 @@
+"""The ``station`` command: wires core, net and ui together. The only place logging is set up."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from station import __version__
+from station.core.config import ConfigError, Settings, load_settings
+
+LOGGER = logging.getLogger("station")
+
+
+def _setup_logging(verbosity: int, default: int = logging.WARNING) -> None:
+    level = default - 10 * verbosity
+    logging.basicConfig(
+        level=max(logging.DEBUG, level),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(Path(args.config) if getattr(args, "config", None) else None)
+    if getattr(args, "store", None):
+        settings.store.path = Path(args.store).expanduser()
+    if getattr(args, "port", None) is not None:
+        settings.receiver.port = args.port
+    if getattr(args, "host", None):
+        settings.receiver.host = args.host
+    if getattr(args, "aet", None):
+        settings.receiver.aet = args.aet
+    if getattr(args, "mode", None):
+        settings.ui.mode = args.mode
+    return settings
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def cmd_gui(args: argparse.Namespace, *, simulator: bool = False) -> int:
+    from station.ui.app import run_gui
+
+    settings = _settings(args)
+    return run_gui(settings, receiver=not args.no_receiver, simulator=simulator, operator=args.operator)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return cmd_gui(args, simulator=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from station.core.events import EventBus, InstanceStored, ReceiverError
+    from station.core.store import Store
+    from station.net.receiver import Receiver, ReceiverStartError
+
+    settings = _settings(args)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        LOGGER.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    store = Store(settings.store.path)
+    bus = EventBus()
+
+    def log_event(event: object) -> None:
+        if isinstance(event, InstanceStored):
+            LOGGER.debug("stored %s from %s", event.sop_instance_uid, event.source)
+        elif isinstance(event, ReceiverError):
+            LOGGER.warning("%s (%s): %s", event.calling_aet, event.peer, event.message)
+
+    bus.subscribe(log_event)
+    receiver = Receiver(store, bus, settings.receiver)
+    try:
+        receiver.start()
+    except ReceiverStartError as exc:
+        print(f"station serve: {exc}", file=sys.stderr)
+        store.close()
+        return 2
+    # Tests and scripts wait for this line; keep its shape.
+    print(f"listening on {settings.receiver.host}:{receiver.port} as {receiver.aet} store {store.root}", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        receiver.stop()
+        store.close()
+        print(f"stopped after {receiver.instances_received} instances", flush=True)
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from station.net.sender import SendError, send_files
+
+    try:
+        result = send_files(args.host, args.port, args.paths, calling_aet=args.aet, called_aet=args.aec)
+    except SendError as exc:
+        print(f"station send: {exc}", file=sys.stderr)
+        return 2
+    for path, why in result.failed:
+        print(f"FAILED {path}: {why}", file=sys.stderr)
+    print(f"sent {len(result.sent)} files, {len(result.failed)} failed, {result.seconds:.2f} s")
+    return 0 if result.ok else 1
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from station.core.synth import synth_main
+
+    files = synth_main(args.kind, Path(args.out), dicos=args.dicos, slices=args.slices, size=args.size,
+                       threats=args.threats, seed=args.seed)
+    print(f"wrote {len(files)} files to {args.out}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from station.core.store import Store, StoreFullError
+
+    settings = _settings(args)
+    with Store(settings.store.path) as store:
+        try:
+            stored, errors = store.import_paths(args.paths)
+        except StoreFullError as exc:
+            print(f"station import: {exc}", file=sys.stderr)
+            return 2
+    for message in errors:
+        print(f"skipped {message}", file=sys.stderr)
+    print(f"imported {len(stored)} instances, {len(errors)} skipped")
+    return 0 if not errors else 1
+
+
+def cmd_store_ls(args: argparse.Namespace) -> int:
+    from station.core.store import Store
+
+    settings = _settings(args)
+    if not Path(settings.store.path).exists():
+        print(f"station store ls: no store at {settings.store.path}", file=sys.stderr)
+        return 2
+    with Store(settings.store.path) as store:
+        rows = store.series_list()
+    if args.json:
+        print(json.dumps([
+            {
+                "patient_id": r.patient_id, "patient_name": r.patient_name, "study_uid": r.study_uid,
+                "study_date": r.study_date, "series_uid": r.series_uid, "series_number": r.series_number,
+                "modality": r.modality, "sop_class_uid": r.sop_class_uid, "description": r.description,
+                "instances": r.instances, "frames": r.frames, "bytes": r.bytes,
+                "first_received": r.first_received, "last_received": r.last_received,
+            }
+            for r in rows
+        ], indent=1))
+    else:
+        for r in rows:
+            print(f"{r.patient_id:<16} {r.modality:<6} {r.instances:>5} inst {r.frames:>6} fr "
+                  f"{r.bytes / 1e6:9.1f} MB  {r.series_uid}")
+    return 0
+
+
+def cmd_store_rebuild(args: argparse.Namespace) -> int:
+    from station.core.store import Store
+
+    settings = _settings(args)
+    with Store(settings.store.path) as store:
+        count = store.rebuild_index()
+    print(f"rebuilt index: {count} instances")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from station.bench import run_bench
+
+    return run_bench(args.what, json_output=args.json, args=args)
+
+
+# -- parser -----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="TOML settings file (default: the user config dir's station.toml)")
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging")
+
+    parser = argparse.ArgumentParser(prog="station", description="Inspection Station analyst workstation",
+                                     parents=[common])
+    parser.add_argument("--version", action="version", version=f"station {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    def gui_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", metavar="DIR")
+        p.add_argument("--port", type=int)
+        p.add_argument("--host")
+        p.add_argument("--aet")
+        p.add_argument("--mode", choices=["airport", "clinic"])
+        p.add_argument("--no-receiver", action="store_true", help="do not listen for scanners")
+        p.add_argument("--operator", metavar="ID")
+
+    p = sub.add_parser("gui", parents=[common], help="the station (default)")
+    gui_options(p)
+    p.set_defaults(func=cmd_gui)
+    p = sub.add_parser("demo", parents=[common], help="the station plus a built-in simulated scanner")
+    gui_options(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", parents=[common], help="headless receiver")
+    p.add_argument("--store", metavar="DIR", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host")
+    p.add_argument("--aet")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("send", parents=[common], help="C-STORE files to a DICOM peer (one association)")
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--aet", default="STATION", help="our (calling) AE title")
+    p.add_argument("--aec", default="ANY-SCP", help="the peer's (called) AE title")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("synth", parents=[common], help="write synthetic bag scans")
+    p.add_argument("kind", choices=["ct", "dx"])
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--dicos", action="store_true", help="DICOS (one multi-frame CT instance)")
+    p.add_argument("--slices", type=int, default=96)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--threats", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("import", parents=[common], help="files or folders into the store, as if received")
+    p.add_argument("--store", metavar="DIR")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("store", parents=[common], help="inspect or repair the local store")
+    store_sub = p.add_subparsers(dest="store_command", required=True)
+    q = store_sub.add_parser("ls", parents=[common], help="one line (or JSON object) per series")
+    q.add_argument("--store", metavar="DIR")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_store_ls)
+    q = store_sub.add_parser("rebuild", parents=[common], help="rebuild the index from the files")
+    q.add_argument("--store", metavar="DIR")
+    q.set_defaults(func=cmd_store_rebuild)
+
+    p = sub.add_parser("bench", parents=[common], help="benchmarks (JSON with the peer and the ratio)")
+    p.add_argument("what", choices=["receive"])
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--slices", type=int, default=300)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--repeat", type=int, default=3)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbose = getattr(args, "verbose", 0) or 0
+    command = args.command or "gui"
+    _setup_logging(verbose, logging.INFO if command in ("serve", "gui", "demo") else logging.WARNING)
+    if args.command is None:
+        args = parser.parse_args(["gui", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"station: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

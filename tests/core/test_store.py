@@ -1,0 +1,203 @@
+"""The store's durability, naming and index rules."""
+
+from __future__ import annotations
+
+import io
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.config import disable_value_validation
+from pydicom.data import get_testdata_file
+
+from station.core.store import InvalidInstanceError, Store, StoreError, uid_token
+from tests.dicom_factory import make_ct_files
+
+
+def test_ingest_writes_the_bytes_it_was_given_and_indexes_them(store, tmp_path):
+    files = make_ct_files(tmp_path / "in", n=3, patient_id="BAG-42")
+    raws = [f.read_bytes() for f in files]
+    events = [store.ingest([raw[:300], memoryview(raw)[300:]], source="CT1@10.0.0.1:1234") for raw in raws]
+    for raw, event in zip(raws, events):
+        assert Path(event.path).read_bytes() == raw
+        assert event.patient_id == "BAG-42"
+        assert event.modality == "CT"
+        assert event.source == "CT1@10.0.0.1:1234"
+    rows = store.series_list()
+    assert len(rows) == 1
+    assert rows[0].instances == 3
+    assert rows[0].bytes == sum(len(r) for r in raws)
+    assert [i.instance_number for i in store.instances(rows[0].series_uid)] == [1, 2, 3]
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_file_names_never_come_from_peer_text(store, tmp_path):
+    hostile = ["../../../../etc/passwd", "/absolute/path", "1.2.3\x00evil", "9" * 300]
+    for k, uid in enumerate(hostile):
+        ds = pydicom.dcmread(make_ct_files(tmp_path / f"h{k}", n=1)[0])
+        with disable_value_validation():  # a hostile peer does not validate either
+            ds.StudyInstanceUID = uid
+            ds.SeriesInstanceUID = uid + ".1"
+            ds.SOPInstanceUID = uid + ".2"
+            ds.file_meta.MediaStorageSOPInstanceUID = uid + ".2"
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+        event = store.ingest([buf.getvalue()])
+        path = Path(event.path)
+        assert path.is_relative_to(store.objects_dir)
+        assert path.name == uid_token(uid + ".2") + ".dcm"
+        assert all(part.isalnum() or part.endswith(".dcm") for part in path.relative_to(store.objects_dir).parts)
+    assert store.count_instances() == len(hostile)
+
+
+def test_same_instance_twice_replaces_it_and_keeps_counts(store, tmp_path):
+    f = make_ct_files(tmp_path / "a", n=1)[0]
+    store.ingest([f.read_bytes()])
+    store.ingest([f.read_bytes()])
+    (row,) = store.series_list()
+    assert row.instances == 1
+    assert row.bytes == f.stat().st_size
+    assert store.count_instances() == 1
+
+
+def test_garbage_is_refused_and_leaves_nothing(store):
+    with pytest.raises(InvalidInstanceError):
+        store.ingest([b"\x00" * 128 + b"DICM" + b"garbage" * 50])
+    with pytest.raises(InvalidInstanceError):
+        store.ingest([b"not dicom at all"])
+    assert store.count_instances() == 0
+    assert list(store.tmp_dir.iterdir()) == []
+    assert list(store.objects_dir.rglob("*.dcm")) == []
+
+
+def test_missing_uids_are_refused(store, tmp_path):
+    ds = pydicom.dcmread(make_ct_files(tmp_path, n=1)[0])
+    del ds.SeriesInstanceUID
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with pytest.raises(InvalidInstanceError, match="SeriesInstanceUID"):
+        store.ingest([buf.getvalue()])
+
+
+def test_stale_temp_files_from_a_crash_are_removed_on_open(tmp_path):
+    with Store(tmp_path / "s") as s:
+        (s.tmp_dir / "dead.part").write_bytes(b"half a file")
+    with Store(tmp_path / "s") as s:
+        assert list(s.tmp_dir.iterdir()) == []
+
+
+def test_unclean_stop_is_reconciled_from_the_files(tmp_path):
+    files = make_ct_files(tmp_path / "in", n=4)
+    s = Store(tmp_path / "s")
+    for f in files:
+        s.ingest([f.read_bytes()])
+    # Simulate a power loss that lost the last index commits but not the fsynced files,
+    # and one row whose file vanished.
+    s._writer.execute("DELETE FROM instances WHERE instance_number IN (3, 4)")
+    victim = s.instances(s.series_list()[0].series_uid)[0].path
+    s._connections.clear()  # no close(): the dirty marker stays, as after a crash
+    victim.unlink()
+    s2 = Store(tmp_path / "s")
+    try:
+        numbers = sorted(i.instance_number for i in s2.instances(s2.series_list()[0].series_uid))
+        assert numbers == [2, 3, 4]
+    finally:
+        s2.close()
+
+
+def test_lost_index_is_rebuilt_from_files(tmp_path):
+    files = make_ct_files(tmp_path / "in", n=5)
+    with Store(tmp_path / "s") as s:
+        for f in files:
+            s.ingest([f.read_bytes()])
+    for p in (tmp_path / "s").glob("index.sqlite3*"):
+        p.unlink()
+    with Store(tmp_path / "s") as s:
+        assert s.count_instances() == 5
+        assert s.series_list()[0].instances == 5
+
+
+def test_corrupt_index_is_set_aside_and_rebuilt(tmp_path):
+    files = make_ct_files(tmp_path / "in", n=2)
+    with Store(tmp_path / "s") as s:
+        for f in files:
+            s.ingest([f.read_bytes()])
+    for p in (tmp_path / "s").glob("index.sqlite3-*"):
+        p.unlink()
+    (tmp_path / "s" / "index.sqlite3").write_bytes(b"this is not a database" * 100)
+    with Store(tmp_path / "s") as s:
+        assert s.count_instances() == 2
+    assert list((tmp_path / "s").glob("index.sqlite3.corrupt-*"))
+
+
+def test_import_keeps_going_past_bad_files_and_names_them(store, tmp_path):
+    folder = tmp_path / "mixed"
+    make_ct_files(folder, n=3)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "truncated.dcm").write_bytes(make_ct_files(tmp_path / "t", n=1)[0].read_bytes()[:200])
+    stored, errors = store.import_paths([folder])
+    assert len(stored) == 3
+    assert len(errors) == 2
+    assert any("notes.txt" in e for e in errors)
+    assert any("truncated.dcm" in e for e in errors)
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "rtplan.dcm"])
+def test_files_written_by_other_toolkits_import(store, name):
+    event = store.import_file(get_testdata_file(name))
+    assert Path(event.path).read_bytes() == Path(get_testdata_file(name)).read_bytes()
+
+
+def test_bare_dataset_without_file_meta_gets_one(store, tmp_path):
+    part10 = make_ct_files(tmp_path / "p10", n=1)[0].read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(part10))
+    meta_length = int.from_bytes(part10[140:144], "little")  # (0002,0000) group length
+    bare = tmp_path / "bare.dcm"
+    bare.write_bytes(part10[144 + meta_length:])  # the dataset alone, explicit VR LE
+    raw = bare.read_bytes()
+    assert raw[128:132] != b"DICM"
+    event = store.import_file(bare)
+    assert pydicom.dcmread(event.path).SOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_full_disk_raises_store_full_and_keeps_nothing(tmp_path):
+    """A real kernel limit (RLIMIT_FSIZE, EFBIG) stands in for a full disk or quota."""
+    big = make_ct_files(tmp_path / "in", n=1, size=256)[0]
+    small = make_ct_files(tmp_path / "in2", n=1, size=8)[0]
+    script = f"""
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+from station.core.store import Store, StoreFullError
+s = Store({str(tmp_path / 's')!r})
+s.ingest([open({str(small)!r}, 'rb').read()])
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+try:
+    s.ingest([open({str(big)!r}, 'rb').read()])
+except StoreFullError as exc:
+    print('FULL', exc)
+print('COUNT', s.count_instances())
+import os
+print('TMP', len(os.listdir(s.tmp_dir)))
+s.close()
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=os.getcwd())
+    assert out.returncode == 0, out.stderr
+    assert "FULL" in out.stdout and "is full" in out.stdout
+    assert "COUNT 1" in out.stdout
+    assert "TMP 0" in out.stdout
+
+
+def test_closed_store_refuses_writes(tmp_path):
+    s = Store(tmp_path / "s")
+    s.close()
+    with pytest.raises(StoreError):
+        s.ingest([b""])
+
+
+def test_index_uses_wal(store):
+    mode = sqlite3.connect(store.index_path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"

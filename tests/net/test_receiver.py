@@ -1,0 +1,162 @@
+"""The receiver against real dcmtk peers (storescu, echoscu) on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from station.core.config import ReceiverSettings
+from station.core.events import AssociationClosed, EventBus, InstanceStored, ReceiverError, ReceiverState
+from station.net.receiver import Receiver, ReceiverStartError
+from station.net.sender import send_files
+from tests.dicom_factory import make_ct_files
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[object] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, event: object) -> None:
+        with self.lock:
+            self.events.append(event)
+
+    def of(self, kind: type) -> list:
+        with self.lock:
+            return [e for e in self.events if isinstance(e, kind)]
+
+
+@pytest.fixture
+def running(store):
+    bus = EventBus()
+    recorder = Recorder()
+    bus.subscribe(recorder)
+    receiver = Receiver(store, bus, ReceiverSettings(aet="STATION", host="127.0.0.1", port=0))
+    receiver.start()
+    yield receiver, recorder
+    receiver.stop()
+
+
+def storescu(env, port: int, *paths: Path, aec: str = "STATION", extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["storescu", "-R", "+sd", *extra, "-aet", "SCANNER1", "-aec", aec, "127.0.0.1", str(port), *map(str, paths)],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+
+
+def test_echo(running, dcmtk_env):
+    receiver, _ = running
+    out = subprocess.run(["echoscu", "-aec", "STATION", "127.0.0.1", str(receiver.port)],
+                         capture_output=True, text=True, env=dcmtk_env, timeout=30)
+    assert out.returncode == 0, out.stderr
+
+
+def test_storescu_series_is_stored_indexed_and_published(running, store, tmp_path, dcmtk_env):
+    receiver, recorder = running
+    files = make_ct_files(tmp_path / "scan", n=12, size=32, patient_id="BAG-777")
+    out = storescu(dcmtk_env, receiver.port, tmp_path / "scan")
+    assert out.returncode == 0, out.stderr
+    (row,) = store.series_list()
+    assert row.instances == 12
+    assert row.patient_id == "BAG-777"
+    stored = recorder.of(InstanceStored)
+    assert len(stored) == 12
+    assert all(e.source.startswith("SCANNER1@127.0.0.1:") for e in stored)
+    # Every acknowledged instance is on disk byte for byte as sent (dataset part).
+    by_uid = {pydicom.dcmread(f).SOPInstanceUID: f for f in files}
+    for event in stored:
+        original = pydicom.dcmread(by_uid[event.sop_instance_uid])
+        kept = pydicom.dcmread(event.path)
+        assert kept.PixelData == original.PixelData
+        assert kept.file_meta.SourceApplicationEntityTitle.strip() == "SCANNER1"
+    assert receiver.instances_received == 12
+    assert recorder.of(AssociationClosed)[-1].how == "released"
+    assert receiver.open_associations == 0
+
+
+@pytest.mark.parametrize(("name", "propose"), [
+    ("CT_small.dcm", ()),
+    ("MR_small.dcm", ()),
+    ("MR_small_RLE.dcm", ("-xr",)),  # storescu proposes a compressed syntax only when told
+    ("JPEG2000.dcm", ("-xw",)),
+    ("SC_rgb_jpeg_gdcm.dcm", ("-xs",)),
+])
+def test_files_other_toolkits_write_are_received(running, store, dcmtk_env, name, propose):
+    receiver, _ = running
+    source = Path(get_testdata_file(name))
+    out = storescu(dcmtk_env, receiver.port, source, extra=propose)
+    assert out.returncode == 0, out.stderr
+    assert store.count_instances() == 1
+    (row,) = store.series_list()
+    kept = store.instances(row.series_uid)[0]
+    original = pydicom.dcmread(source)
+    assert kept.transfer_syntax == original.file_meta.TransferSyntaxUID
+    assert pydicom.dcmread(kept.path).PixelData == original.PixelData
+
+
+def test_dicos_ct_is_accepted(running, store, tmp_path, dcmtk_env):
+    receiver, _ = running
+    (f,) = make_ct_files(tmp_path / "dicos", n=1, sop_class="1.2.840.10008.5.1.4.1.1.501.1")
+    out = storescu(dcmtk_env, receiver.port, f)
+    assert out.returncode == 0, out.stderr
+    assert store.series_list()[0].sop_class_uid == "1.2.840.10008.5.1.4.1.1.501.1"
+
+
+def test_unknown_vendor_storage_class_is_accepted(running, store, tmp_path):
+    # storescu refuses SOP classes it does not know, so the station's own sender plays
+    # the vendor scanner here.
+    receiver, _ = running
+    files = make_ct_files(tmp_path / "v", n=2, sop_class="1.2.840.10008.5.1.4.1.1.501.7.1")
+    result = send_files("127.0.0.1", receiver.port, files, called_aet="STATION")
+    assert result.ok, result.failed
+    assert store.count_instances() == 2
+
+
+def test_unparseable_instance_gets_failure_status_not_success(running, store, tmp_path):
+    receiver, recorder = running
+    ds = pydicom.dcmread(make_ct_files(tmp_path / "b", n=1)[0])
+    del ds.StudyInstanceUID
+    bad = tmp_path / "bad.dcm"
+    ds.save_as(bad, enforce_file_format=True)
+    result = send_files("127.0.0.1", receiver.port, [bad], called_aet="STATION")
+    assert not result.ok
+    assert "0xC000" in result.failed[0][1]
+    assert store.count_instances() == 0
+    (error,) = recorder.of(ReceiverError)
+    assert error.status == 0xC000
+    assert error.peer.startswith("127.0.0.1:")
+    assert "StudyInstanceUID" in error.message
+
+
+def test_port_in_use_is_a_clear_error(store, running):
+    receiver, _ = running
+    bus = EventBus()
+    second = Receiver(store, bus, ReceiverSettings(host="127.0.0.1", port=receiver.port))
+    states: list[ReceiverState] = []
+    bus.subscribe(lambda e: states.append(e) if isinstance(e, ReceiverState) else None)
+    with pytest.raises(ReceiverStartError, match=str(receiver.port)):
+        second.start()
+    assert states and not states[-1].listening
+
+
+def test_concurrent_scanners(running, store, tmp_path, dcmtk_env):
+    receiver, recorder = running
+    for k in range(4):
+        make_ct_files(tmp_path / f"scan{k}", n=15, size=32, patient_id=f"BAG-{k}")
+    procs = [
+        subprocess.Popen(["storescu", "-R", "+sd", "-aec", "STATION", "127.0.0.1", str(receiver.port),
+                          str(tmp_path / f"scan{k}")], env=dcmtk_env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for k in range(4)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    assert store.count_instances() == 60
+    assert sorted(r.instances for r in store.series_list()) == [15, 15, 15, 15]
+    assert len(recorder.of(InstanceStored)) == 60
