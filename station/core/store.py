@@ -343,6 +343,10 @@ class Store:
             self._writer = self._connect()
             self._writer.executescript(_SCHEMA)
             self._check_schema()
+        except sqlite3.OperationalError as exc:
+            # Disk full, I/O error, locked: the index may be fine; never discard it for that.
+            self.close()
+            raise StoreError(f"cannot open index {self.index_path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             LOGGER.error("index %s is unreadable (%s); moving it aside and rebuilding", self.index_path, exc)
             self._set_aside_index()

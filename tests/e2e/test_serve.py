@@ -1,0 +1,169 @@
+"""``station serve`` as a separate process, fed by the real dcmtk storescu."""
+
+from __future__ import annotations
+
+import json
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from station.core import synth
+from station.core.volume import load_volume
+
+
+def start_serve(store: Path, port: int, *, preexec=None) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "station", "serve", "--store", str(store), "--port", str(port),
+         "--host", "127.0.0.1", "--aet", "STATION"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec,
+    )
+    line = proc.stdout.readline()
+    assert line.startswith("listening on 127.0.0.1:"), line + proc.stderr.read()
+    return proc
+
+
+def stop_serve(proc: subprocess.Popen) -> tuple[int, str, str]:
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    return proc.returncode, out, err
+
+
+def store_ls(store: Path) -> list[dict]:
+    out = subprocess.run([sys.executable, "-m", "station", "store", "ls", "--store", str(store), "--json"],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def storescu(env, port: int, folder: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["storescu", "-v", "-R", "+sd", "-aec", "STATION", "127.0.0.1", str(port), str(folder)],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("dicos", [False, True], ids=["classic-ct", "dicos-ct"])
+def test_bag_sent_by_storescu_is_stored_whole_and_in_order(tmp_path, free_port, dcmtk_env, dicos):
+    bag = synth.make_bag_volume(size=64, slices=24, threats=1, seed=3)
+    synth.write_ct_series(bag, tmp_path / "bag", dicos=dicos)
+    (tmp_path / "bag" / "truth.json").unlink()  # storescu +sd would try to send it
+    proc = start_serve(tmp_path / "store", free_port)
+    try:
+        out = storescu(dcmtk_env, free_port, tmp_path / "bag")
+        assert out.returncode == 0, out.stderr
+    finally:
+        code, stdout, _ = stop_serve(proc)
+    assert code == 0
+    assert "stopped after" in stdout
+    (series,) = store_ls(tmp_path / "store")
+    assert series["instances"] == (1 if dicos else 24)
+    assert series["modality"] == "CT"
+    assert series["sop_class_uid"] == ("1.2.840.10008.5.1.4.1.1.501.1" if dicos else "1.2.840.10008.5.1.4.1.1.2")
+    for key in ("study_uid", "series_uid", "bytes"):
+        assert series[key]
+    stored = sorted((tmp_path / "store" / "objects").rglob("*.dcm"))
+    volume = load_volume(stored)
+    assert volume.shape == bag.voxels.shape
+    np.testing.assert_array_equal(volume.array(), bag.voxels.astype(np.float32))
+
+
+def test_full_disk_gets_out_of_resources_status_and_nothing_is_lost(tmp_path, free_port, dcmtk_env):
+    """A kernel file-size limit on the receiver stands in for a full disk or quota."""
+    bag = synth.make_bag_volume(size=256, slices=8, seed=4)
+    synth.write_ct_series(bag, tmp_path / "bag")
+    (tmp_path / "bag" / "truth.json").unlink(missing_ok=True)
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100 * 1024, 100 * 1024))  # index fits, a slice does not
+
+    proc = start_serve(tmp_path / "store", free_port, preexec=limit_file_size)
+    try:
+        out = storescu(dcmtk_env, free_port, tmp_path / "bag")
+    finally:
+        code, _, err = stop_serve(proc)
+    assert code == 0
+    assert out.returncode != 0
+    # dcmtk names status 0xA700 "Refused: OutOfResources".
+    assert "refused: outofresources" in out.stderr.lower(), out.stderr
+    assert "success" not in out.stderr.lower()
+    assert "is full" in err
+    assert store_ls(tmp_path / "store") == []
+    assert not list((tmp_path / "store" / "tmp").iterdir())
+
+
+def test_serve_refuses_a_busy_port_clearly(tmp_path, free_port):
+    first = start_serve(tmp_path / "a", free_port)
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "station", "serve", "--store", str(tmp_path / "b"), "--port", str(free_port),
+             "--host", "127.0.0.1"], capture_output=True, text=True, timeout=60)
+    finally:
+        stop_serve(first)
+    assert second.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{free_port}" in second.stderr
+
+
+def test_send_import_and_ls_commands(tmp_path, free_port):
+    files = synth.write_ct_series(synth.make_bag_volume(size=32, slices=8, seed=5), tmp_path / "bag")
+    dcm = [f for f in files if f.suffix == ".dcm"]
+    proc = start_serve(tmp_path / "store", free_port)
+    try:
+        sent = subprocess.run([sys.executable, "-m", "station", "send", "127.0.0.1", str(free_port), *map(str, dcm),
+                               "--aec", "STATION"], capture_output=True, text=True, timeout=120)
+    finally:
+        stop_serve(proc)
+    assert sent.returncode == 0, sent.stderr
+    assert "sent 8 files, 0 failed" in sent.stdout
+    assert store_ls(tmp_path / "store")[0]["instances"] == 8
+
+    (tmp_path / "junk.dcm").write_bytes(b"junk")
+    imported = subprocess.run([sys.executable, "-m", "station", "import", "--store", str(tmp_path / "other"),
+                               str(tmp_path / "bag"), str(tmp_path / "junk.dcm")],
+                              capture_output=True, text=True, timeout=120)
+    assert imported.returncode == 1  # one bad file: reported, the rest imported
+    assert "junk.dcm" in imported.stderr
+    assert "imported 8 instances" in imported.stdout
+    ds = pydicom.dcmread(dcm[0])
+    (row,) = store_ls(tmp_path / "other")
+    assert row["series_uid"] == ds.SeriesInstanceUID
+    assert row["patient_id"] == ds.PatientID
+
+
+def test_send_to_nobody_fails_with_a_clear_message(tmp_path, free_port):
+    files = synth.write_ct_series(synth.make_bag_volume(size=32, slices=8, seed=6), tmp_path / "bag")
+    out = subprocess.run([sys.executable, "-m", "station", "send", "127.0.0.1", str(free_port),
+                          str(files[0])], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert f"127.0.0.1:{free_port}" in out.stderr
+
+
+def test_version_and_config_errors(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "station", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("station ")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[receiver]\nprot = 104\n")
+    out = subprocess.run([sys.executable, "-m", "station", "--config", str(bad), "store", "ls",
+                          "--store", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "unknown key 'prot' in [receiver]" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "station", "store", "ls", "--config", str(tmp_path / "none.toml"),
+                          "--store", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 2 and "not found" in out.stderr
+
+
+def test_synth_command_writes_dicos_and_truth(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "station", "synth", "ct", "--out", str(tmp_path / "s"), "--dicos",
+                          "--slices", "8", "--size", "32", "--threats", "1", "--seed", "2"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    dcm = list((tmp_path / "s").glob("*.dcm"))
+    assert len(dcm) == 1
+    ds = pydicom.dcmread(dcm[0], stop_before_pixels=True)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.501.1"
+    assert int(ds.NumberOfFrames) == 8
+    truth = json.loads((tmp_path / "s" / "truth.json").read_text())
+    assert "1" in json.dumps(truth)  # the planted threat is recorded
