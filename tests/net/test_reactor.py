@@ -115,3 +115,22 @@ def test_many_sequential_associations_do_not_leak_threads(scp, tmp_path):
         time.sleep(0.05)
     assert threading.active_count() <= before
     assert len(stored) == 20
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xA700, 0xC000, 0xB007])
+@pytest.mark.parametrize("sop_uid", ["1.2.3.4", "1.2.3.45", "1.2.826.0.1.3680043.8.498." + "9" * 30])
+def test_direct_c_store_response_matches_pynetdicoms_encoding(status, sop_uid):
+    from pynetdicom.dimse_messages import C_STORE_RSP
+    from pynetdicom.dimse_primitives import C_STORE
+
+    primitive = C_STORE()
+    primitive.MessageIDBeingRespondedTo = 65535
+    primitive.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.501.1"
+    primitive.AffectedSOPInstanceUID = sop_uid
+    primitive.Status = status
+    message = C_STORE_RSP()
+    message.primitive_to_message(primitive)
+    (pdata,) = list(message.encode_msg(1, 0))
+    (_, fragment), = pdata.presentation_data_value_list
+    assert fragment[0] == 0x03
+    assert reactor.encode_c_store_rsp(primitive) == fragment[1:]
