@@ -112,6 +112,7 @@ def bench_receive(*, slices: int = 300, size: int = 512, repeat: int = 3) -> dic
         folder = work / "series"
         bag = make_bag_volume(size=size, slices=slices, threats=1, seed=7)
         files = write_ct_series(bag, folder)
+        (folder / "truth.json").unlink(missing_ok=True)  # storescu +sd sends every file
         nbytes = sum(f.stat().st_size for f in files)
         peer_times: list[float] = []
         station_times: list[float] = []

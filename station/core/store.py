@@ -30,6 +30,7 @@ parallel, index writes are serialised); reads use one connection per thread.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import hashlib
 import io
@@ -42,6 +43,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -191,40 +193,50 @@ def _write_all(fd: int, parts: Sequence[bytes | bytearray | memoryview]) -> int:
     return written
 
 
-_PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
-_HEADER_PROBE = 32 * 1024
+class _ChainedReader(io.RawIOBase):
+    """A read-only, seekable file over consecutive byte chunks, without joining them.
 
-
-def _header_bytes(parts: Sequence[bytes | bytearray | memoryview]) -> bytes | bytearray | memoryview:
-    """A contiguous prefix of the Part 10 stream that holds at least every header element.
-
-    Copying a whole 512 KB slice just to read its header costs more than the header
-    read itself, so cut before the first little-endian Pixel Data tag when there is
-    one; _read_header falls back to everything if the cut turns out to be too early.
+    pydicom reads the header through it and stops before the pixel data, so a 512 KB
+    slice is never copied just to learn its UIDs.
     """
-    if len(parts) == 1:
-        return parts[0]
-    head = bytes(parts[0])
-    body = memoryview(parts[1]).cast("B")
-    cut = bytes(body[:_HEADER_PROBE]).find(_PIXEL_DATA_TAG_LE) if len(parts) == 2 else -1
-    if cut < 0:
-        return _joined(parts)
-    return head + bytes(body[:cut])
 
+    def __init__(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+        super().__init__()
+        self._parts = [memoryview(p).cast("B") for p in parts]
+        self._starts: list[int] = []
+        total = 0
+        for part in self._parts:
+            self._starts.append(total)
+            total += len(part)
+        self._size = total
+        self._pos = 0
 
-def _joined(parts: Sequence[bytes | bytearray | memoryview]) -> bytes:
-    return b"".join(bytes(p) if not isinstance(p, bytes) else p for p in parts)
+    def readable(self) -> bool:
+        return True
 
+    def seekable(self) -> bool:
+        return True
 
-def _parse_header(parts: Sequence[bytes | bytearray | memoryview], origin: str) -> _Header:
-    prefix = _header_bytes(parts)
-    try:
-        return _read_header(prefix, origin)
-    except InvalidInstanceError:
-        if len(parts) == 1 or len(prefix) == sum(len(p) for p in parts):
-            raise
-        # The cut landed inside some other element's value: read the whole thing.
-        return _read_header(_joined(parts), origin)
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(out) and self._pos < self._size:
+            index = bisect.bisect_right(self._starts, self._pos) - 1
+            part = self._parts[index]
+            offset = self._pos - self._starts[index]
+            n = min(len(out) - done, len(part) - offset)
+            out[done:done + n] = part[offset:offset + n]
+            done += n
+            self._pos += n
+        return done
 
 
 def _is_full(exc: OSError) -> bool:
@@ -271,10 +283,11 @@ def _raw_text(ds: pydicom.Dataset, tag: int) -> str:
     return _text(value)
 
 
-def _read_header(data: bytes | bytearray | memoryview, origin: str) -> _Header:
-    """Parse the index attributes from a Part 10 byte string (pixel data not needed)."""
+def _read_header(source: bytes | BinaryIO, origin: str) -> _Header:
+    """Parse the index attributes from a Part 10 file or byte string, stopping before the pixels."""
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size=4096)
         meta = ds.file_meta
         ts = _text(meta.get("TransferSyntaxUID", ""))
         sop_class = _raw_text(ds, 0x00080016) or _text(meta.get("MediaStorageSOPClassUID", ""))
@@ -445,10 +458,8 @@ class Store:
         """
         if self._closed:
             raise StoreError("store is closed")
-        header = _parse_header(parts, source or "instance")
-        final = self.final_path(header.study_uid, header.series_uid, header.sop_instance_uid)
+        header = _read_header(_ChainedReader(parts), source or "instance")
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
-        nbytes = 0
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
@@ -457,18 +468,62 @@ class Store:
                     os.fsync(fd)
             finally:
                 os.close(fd)
+        except OSError as exc:
+            self._discard(tmp)
+            raise self._write_error(exc, tmp) from exc
+        return self._commit(tmp, header, nbytes, source)
+
+    def spool_dir(self) -> Path:
+        """Where a receiver may write incoming files before handing them to ``adopt``."""
+        return self.tmp_dir
+
+    def adopt(self, spooled: str | os.PathLike[str], *, source: str = "") -> InstanceStored:
+        """Durably store a complete Part 10 file already written into ``spool_dir()``.
+
+        The file is fsynced and renamed into place (no copy). Called on receiver threads.
+        On any failure the spooled file is removed and StoreError raised.
+        """
+        spooled = Path(spooled)
+        try:
+            if self._closed:
+                raise StoreError("store is closed")
+            if spooled.parent.resolve() != self.tmp_dir:
+                raise StoreError(f"{spooled} is not in the store's spool folder {self.tmp_dir}")
+            try:
+                with open(spooled, "rb") as f:
+                    header = _read_header(f, source or str(spooled))
+                    nbytes = os.fstat(f.fileno()).st_size
+                    if self._durable:
+                        os.fsync(f.fileno())
+            except OSError as exc:
+                raise self._write_error(exc, spooled) from exc
+        except BaseException:
+            self._discard(spooled)
+            raise
+        return self._commit(spooled, header, nbytes, source)
+
+    def _discard(self, tmp: Path) -> None:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            LOGGER.exception("cannot remove temp file %s", tmp)
+
+    def _write_error(self, exc: OSError, what: Path) -> StoreError:
+        if _is_full(exc):
+            return StoreFullError(f"store {self.root} is full: {exc.strerror}")
+        return StoreError(f"cannot write {what.name}: {exc}")
+
+    def _commit(self, tmp: Path, header: _Header, nbytes: int, source: str) -> InstanceStored:
+        """Move a complete, fsynced temp file into place and index it; the last step before an ack."""
+        final = self.final_path(header.study_uid, header.series_uid, header.sop_instance_uid)
+        try:
             self._ensure_dir(final.parent)
             os.replace(tmp, final)
             if self._durable:
                 _fsync_dir(final.parent)
         except OSError as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                LOGGER.exception("cannot remove temp file %s", tmp)
-            if _is_full(exc):
-                raise StoreFullError(f"store {self.root} is full: {exc.strerror}") from exc
-            raise StoreError(f"cannot write {final.name}: {exc}") from exc
+            self._discard(tmp)
+            raise self._write_error(exc, final) from exc
         received_at = time.time()
         try:
             replaced_path = self._index(header, final, nbytes, received_at, source)

@@ -25,13 +25,19 @@ abort, pause for SCU operations).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import queue
+import re
 import select
 import socket
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pynetdicom
@@ -39,6 +45,7 @@ from pynetdicom import association as _association
 from pynetdicom import dul as _dul
 from pynetdicom import transport as _transport
 from pynetdicom import dimse as _dimse
+from pynetdicom import dimse_messages as _dimse_messages
 from pynetdicom import evt as _evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import A_ABORT_RQ
@@ -125,6 +132,8 @@ def _dul_wait_idle(dul: Any) -> None:
 
 def _dul_run_reactor(self: Any) -> None:
     """pynetdicom's DULServiceProvider.run_reactor, waiting in select instead of sleeping."""
+    _spool.directory = getattr(getattr(self.assoc, "ae", None), SPOOL_DIR_ATTRIBUTE, None)
+    _spool.assoc = self.assoc
     self._idle_timer.start()
     try:
         while True:
@@ -223,9 +232,11 @@ def _assoc_run_reactor(self: Any) -> None:
             continue
 
         if self.is_established and self.acse.is_release_requested():
+            # Mark it released before answering: the peer closes the connection as soon
+            # as it has the reply, and the close event must already see a release.
+            self.is_released = True
             self.acse.send_release(is_response=True)
             LOGGER.info("Association Released")
-            self.is_released = True
             self.is_established = False
             evt.trigger(self, evt.EVT_RELEASED, {})
             self.kill()
@@ -279,6 +290,109 @@ def _socket_recv(self: Any, nr_bytes: int) -> bytearray:
             return buffer
         nr_read += n
     return buffer
+
+
+# -- spooling received datasets -----------------------------------------------------------------
+
+# The DUL thread of an association learns where to spool from its AE (set by the receiver).
+_spool = threading.local()
+SPOOL_DIR_ATTRIBUTE = "_station_spool_dir"
+# Start kernel writeback once this much is buffered, so the final fsync has little left.
+WRITEBACK_CHUNK = 256 * 1024
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_sync_file_range() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+class SpoolFile:
+    """Where pynetdicom's chunked receive writes one C-STORE dataset (Part 10, with meta).
+
+    It lives in the store's own temp folder, so the store can adopt it with a rename
+    instead of a copy, and the kernel starts writing it to disk while the rest of the
+    instance is still arriving, so the fsync before the acknowledgement has little left
+    to do. A write error (disk full) is remembered rather than raised: raising on the DUL
+    thread would abort the association, and the sender must get a status instead.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        fd, name = tempfile.mkstemp(suffix=".part", dir=directory)
+        self.name = name
+        self._fd = fd
+        self.file = self  # pynetdicom calls ``.file.flush()`` after each fragment
+        self.error: OSError | None = None
+        self._written = 0
+        self._flushed_to = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self.error is not None or self._fd < 0:
+            return len(data)
+        view = memoryview(data).cast("B")
+        try:
+            done = 0
+            while done < len(view):
+                done += os.write(self._fd, view[done:])
+        except OSError as exc:
+            self.error = exc
+            return len(data)
+        self._written += done
+        if _sync_file_range is not None and self._written - self._flushed_to >= WRITEBACK_CHUNK:
+            _sync_file_range(self._fd, self._flushed_to, self._written - self._flushed_to, _SYNC_FILE_RANGE_WRITE)
+            self._flushed_to = self._written
+        return done
+
+    def flush(self) -> None:
+        return None
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+_AET_UNSAFE = re.compile(r"[^\x20-\x5b\x5d-\x7e]")  # printable ASCII except backslash
+
+
+def safe_aet(text: str) -> str:
+    """A peer's AE title made safe to write into a file's meta (ASCII, no backslash, 16 chars)."""
+    return _AET_UNSAFE.sub("_", text.strip())[:16]
+
+
+_original_create_file_meta = _dimse_messages.create_file_meta
+
+
+def _create_file_meta(*args: Any, **kwargs: Any) -> Any:
+    """pynetdicom's file meta for a spooled dataset, plus the sender's AE title (as Part 10 intends)."""
+    meta = _original_create_file_meta(*args, **kwargs)
+    assoc = getattr(_spool, "assoc", None)
+    if assoc is not None and getattr(_spool, "directory", None) is not None:
+        aet = safe_aet(str(assoc.requestor.ae_title or ""))
+        if aet:
+            meta.SourceApplicationEntityTitle = aet
+    return meta
+
+
+def _named_temporary_file(*args: Any, **kwargs: Any) -> Any:
+    """Stand-in for the NamedTemporaryFile pynetdicom's chunked C-STORE receive opens."""
+    directory = getattr(_spool, "directory", None)
+    if directory is None:
+        return tempfile.NamedTemporaryFile(*args, **kwargs)
+    return SpoolFile(directory)
 
 
 # -- C-STORE response ----------------------------------------------------------------------------
@@ -356,5 +470,7 @@ def install() -> None:
         _association.Association._run_reactor = _assoc_run_reactor
         _transport.AssociationSocket.recv = _socket_recv
         _dimse.DIMSEServiceProvider.send_msg = _send_msg
+        _dimse_messages.NamedTemporaryFile = _named_temporary_file
+        _dimse_messages.create_file_meta = _create_file_meta
         _installed = True
         LOGGER.debug("event-driven pynetdicom reactors installed (pid %d)", os.getpid())

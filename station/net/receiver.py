@@ -13,9 +13,10 @@ the GUI.
 
 from __future__ import annotations
 
+import errno
 import logging
-import re
 import threading
+from pathlib import Path
 from typing import Any
 
 from pydicom.filewriter import write_file_meta_info
@@ -28,6 +29,7 @@ from station.core.events import (
     AssociationClosed,
     AssociationOpened,
     EventBus,
+    InstanceStored,
     ReceiverError,
     ReceiverState,
 )
@@ -36,8 +38,6 @@ from station.net import reactor
 from station.net.sopclasses import register_dicos_sop_classes
 
 LOGGER = logging.getLogger(__name__)
-
-_AET_UNSAFE = re.compile(r"[^\x20-\x5b\x5d-\x7e]")  # printable ASCII except backslash
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
@@ -151,7 +151,11 @@ class Receiver:
         # message even when nothing is logged: about a millisecond per instance. The
         # receiver logs what matters itself (peer, AE title, status).
         _config.LOG_HANDLER_LEVEL = "none"
+        # Datasets are written to the store's spool folder as they arrive (not held in
+        # memory), and the store adopts the file with a rename once it is complete.
+        _config.STORE_RECV_CHUNKED_DATASET = True
         ae = AE(ae_title=self.settings.aet)
+        setattr(ae, reactor.SPOOL_DIR_ATTRIBUTE, self.store.spool_dir())
         ae.maximum_pdu_size = self.settings.max_pdu
         ae.maximum_associations = self.settings.max_associations
         ae.network_timeout = self.settings.network_timeout
@@ -237,20 +241,36 @@ class Receiver:
             self._errors += 1
         self.bus.publish(ReceiverError(peer, aet, message, status))
 
+    def _persist(self, event: evt.Event, aet: str, source: str) -> InstanceStored:
+        """Hand what arrived to the store; return once it is durable and indexed."""
+        request = event.request
+        spooled = getattr(request, "_dataset_file", None)
+        if isinstance(spooled, reactor.SpoolFile):
+            # Chunked receive: the dataset is already in the store's spool folder.
+            spooled.close()
+            if spooled.error is not None:
+                Path(spooled.name).unlink(missing_ok=True)
+                raise StoreFullError(f"store is full: {spooled.error.strerror}") if spooled.error.errno in (
+                    errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else StoreError(f"cannot spool: {spooled.error}")
+            return self.store.adopt(spooled.name, source=source)
+        path = getattr(request, "_dataset_path", None)
+        if path is not None:  # chunked receive into pynetdicom's own temp file
+            return self.store.ingest([Path(path).read_bytes()], source=source)
+        file_meta = event.file_meta
+        if aet:
+            # Records which scanner sent the object, as Part 10 intends.
+            file_meta.SourceApplicationEntityTitle = reactor.safe_aet(aet)
+        meta = DicomBytesIO()
+        meta.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(meta, file_meta, enforce_standard=True)
+        return self.store.ingest([meta.getvalue(), request.DataSet.getbuffer()], source=source)
+
     def _on_c_store(self, event: evt.Event) -> int:
         """Persist one instance; answer success only once it is durable and indexed."""
         peer, aet = peer_of(event)
         source = f"{aet}@{peer}"
         try:
-            dataset = event.request.DataSet  # BytesIO of the dataset as received (not decoded)
-            file_meta = event.file_meta
-            if aet:
-                # Records which scanner sent the object, as Part 10 intends.
-                file_meta.SourceApplicationEntityTitle = _AET_UNSAFE.sub("_", aet)[:16]
-            meta = DicomBytesIO()
-            meta.write(b"\x00" * 128 + b"DICM")
-            write_file_meta_info(meta, file_meta, enforce_standard=True)
-            stored = self.store.ingest([meta.getvalue(), dataset.getbuffer()], source=source)
+            stored = self._persist(event, aet, source)
         except StoreFullError as exc:
             LOGGER.error("store full, refusing instance from %s (%s): %s", aet, peer, exc)
             self._error(peer, aet, str(exc), STATUS_OUT_OF_RESOURCES)
