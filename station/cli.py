@@ -175,6 +175,44 @@ def cmd_store_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_volume(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from station.core.volume import VolumeError, group_series, load_volume
+
+    try:
+        groups = group_series(args.paths)
+        if args.series:
+            groups = {k: v for k, v in groups.items() if k.split("#")[0] == args.series}
+        if len(groups) != 1:
+            names = ", ".join(sorted(groups)) or "none"
+            print(f"station volume: need exactly one image series, found {len(groups)} ({names}); "
+                  "use --series UID", file=sys.stderr)
+            return 2
+        (paths,) = groups.values()
+        volume = load_volume(paths)
+        data = volume.array()
+    except VolumeError as exc:
+        print(f"station volume: {exc}", file=sys.stderr)
+        return 2
+    if args.npy:
+        np.save(args.npy, data)
+    info = {
+        "series_uid": volume.series_uid,
+        "shape": list(data.shape),
+        "spacing_mm": [float(v) for v in volume.spacing_mm],
+        "origin_mm": [float(v) for v in volume.origin_mm],
+        "direction": np.asarray(volume.direction, dtype=float).tolist(),
+        "rescale_type": volume.rescale_type,
+        "modality": volume.modality,
+        "min": float(data.min()) if data.size else None,
+        "max": float(data.max()) if data.size else None,
+        "npy": str(args.npy) if args.npy else None,
+    }
+    print(json.dumps(info) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from station.bench import run_bench
 
@@ -250,6 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = store_sub.add_parser("rebuild", parents=[common], help="rebuild the index from the files")
     q.add_argument("--store", metavar="DIR")
     q.set_defaults(func=cmd_store_rebuild)
+
+    p = sub.add_parser("volume", parents=[common], help="assemble a series into a volume (rescaled, sorted)")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--npy", metavar="OUT.npy", help="write the volume (z, y, x), modality rescale applied")
+    p.add_argument("--series", metavar="UID", help="pick one series when the paths hold several")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_volume)
 
     p = sub.add_parser("bench", parents=[common], help="benchmarks (JSON with the peer and the ratio)")
     p.add_argument("what", choices=["receive"])
