@@ -648,6 +648,18 @@ class Store:
                 errors.append(str(exc))
         return stored, errors
 
+    def _index_file(self, file: Path, source: str) -> None:
+        """Index a file already under ``objects/`` (header only; moved if misplaced)."""
+        with open(file, "rb") as f:
+            header = _read_header(f, str(file))
+            st = os.fstat(f.fileno())
+        expected = self.final_path(header.study_uid, header.series_uid, header.sop_instance_uid)
+        if expected != file:
+            LOGGER.warning("%s belongs at %s; moving it", file, expected)
+            self._ensure_dir(expected.parent)
+            os.replace(file, expected)
+        self._index(header, expected, st.st_size, st.st_mtime, source)
+
     def rebuild_index(self) -> int:
         """Re-create every index row from the files under ``objects/``; return the count."""
         with self._write_lock:
@@ -657,15 +669,7 @@ class Store:
         count = 0
         for file in sorted(self.objects_dir.rglob("*.dcm")):
             try:
-                raw = file.read_bytes()
-                header = _read_header(raw, str(file))
-                expected = self.final_path(header.study_uid, header.series_uid, header.sop_instance_uid)
-                if expected != file:
-                    LOGGER.warning("rebuild: %s belongs at %s; moving it", file, expected)
-                    self._ensure_dir(expected.parent)
-                    os.replace(file, expected)
-                self._index(header, expected, len(raw), file.stat().st_mtime if file.exists() else time.time(),
-                            "rebuild")
+                self._index_file(file, "rebuild")
                 count += 1
             except (StoreError, OSError) as exc:
                 LOGGER.error("rebuild: skipping %s: %s", file, exc)
@@ -682,9 +686,7 @@ class Store:
         for rel in sorted(on_disk - indexed_paths):
             file = self.root / rel
             try:
-                raw = file.read_bytes()
-                header = _read_header(raw, str(file))
-                self._index(header, file, len(raw), file.stat().st_mtime, "recovered")
+                self._index_file(file, "recovered")
                 added += 1
             except (StoreError, OSError) as exc:
                 LOGGER.error("reconcile: cannot index %s: %s", file, exc)
