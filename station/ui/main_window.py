@@ -1,0 +1,394 @@
+"""The station's main window: scan list on the left, slice viewer on the right, status bar.
+
+New scans open by themselves while the analyst is "following" (nothing chosen, or the
+open scan was opened automatically); a scan the analyst picked is never replaced by an
+arrival. Esc (or the "Follow new scans" box) returns to following. Everything here runs
+on the GUI thread; receiver news arrives through ``EventBridge`` signals.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from station.core.config import Settings
+from station.core.events import (
+    AssociationClosed,
+    AssociationOpened,
+    InstanceStored,
+    ReceiverError,
+    ReceiverState,
+)
+from station.core.store import SeriesRow, Store
+from station.ui.bridge import EventBridge
+from station.ui.scan_list import ScanList
+from station.ui.slice_viewer import SliceViewer
+
+LOGGER = logging.getLogger(__name__)
+
+#: After the analyst touched the scan list or the viewer, arrivals wait this long before
+#: they may replace what is on screen (even in follow mode).
+HOLD_S = 8.0
+
+#: Series that carry no pixels: a TDR arriving right after its CT must not replace the
+#: CT on screen. They are listed and can still be chosen by hand.
+NON_IMAGE_MODALITIES = frozenset({"TDR", "SR", "PR", "KO", "DOC", "REG", "RTSTRUCT", "RTPLAN", "AU", "ECG"})
+
+#: How many receiver errors the status bar tooltip lists.
+RECENT_ERRORS = 10
+
+_GREEN, _AMBER, _RED, _DIM = "#5cc98a", "#f0b429", "#ff6b6b", "#8b929c"
+
+
+def _scan_label(row: SeriesRow, mode: str) -> str:
+    """Top-left overlay text of the viewer: who/what and which series."""
+    who = "Bag" if mode == "airport" else "Patient"
+    first = f"{who} {row.patient_id or '(no ID)'}"
+    if mode == "clinic" and row.patient_name:
+        first += f"  {row.patient_name.replace('^', ' ')}"
+    second = " · ".join(t for t in (row.modality, row.description or row.study_description) if t)
+    return f"{first}\n{second}" if second else first
+
+
+class MainWindow(QMainWindow):
+    """Scan list + slice viewer + receiver status. GUI thread only.
+
+    ``receiver`` is optional: without one (tests, screenshots, a read-only station) the
+    status bar shows what the bridge reports, starting from "not listening".
+    """
+
+    def __init__(self, store: Store, bridge: EventBridge, settings: Settings, receiver=None) -> None:
+        super().__init__()
+        self.setWindowTitle("Inspection Station")
+        self.setObjectName("MainWindow")
+        self.store = store
+        self.bridge = bridge
+        self.settings = settings
+        self.receiver = receiver
+        self.mode = settings.ui.mode
+
+        self._follow = True  # open arrivals automatically
+        self._last_user_action = float("-inf")
+        self._known: set[str] = set()
+        self._received = 0
+        self._open_associations = receiver.open_associations if receiver is not None else 0
+        self._errors: deque[ReceiverError] = deque(maxlen=RECENT_ERRORS)
+        self._error_count = 0
+        self._deferred: str | None = None
+        self.operator_label: QLabel | None = None
+        self._defer_timer = QTimer(self)
+        self._defer_timer.setSingleShot(True)
+        self._defer_timer.timeout.connect(self._on_defer_timeout)
+
+        # -- left: the scan list -------------------------------------------------------
+        self.scan_list = ScanList(store, self.mode)
+        self.follow_box = QCheckBox("Follow new scans")
+        self.follow_box.setObjectName("FollowBox")
+        self.follow_box.setToolTip("Open each arriving scan automatically (Esc)")
+        self.follow_box.setChecked(True)
+        self.follow_box.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # Tab: list <-> viewer only
+        self.follow_box.toggled.connect(self._on_follow_toggled)
+        title = QLabel("Scans")
+        title.setObjectName("PanelTitle")
+        self._count_label = QLabel("")
+        self._count_label.setObjectName("PanelCount")
+        head = QHBoxLayout()
+        head.setContentsMargins(8, 6, 8, 2)
+        head.addWidget(title)
+        head.addWidget(self._count_label)
+        head.addStretch(1)
+        head.addWidget(self.follow_box)
+        left = QWidget()
+        left.setObjectName("LeftPanel")
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.setSpacing(0)
+        left_layout.addLayout(head)
+        left_layout.addWidget(self.scan_list, 1)
+
+        # -- right: the viewer -----------------------------------------------------------
+        self.viewer = SliceViewer(self.mode)
+        right = QWidget()
+        right.setObjectName("RightPanel")
+        right_layout = QVBoxLayout(right)
+        right_layout.setContentsMargins(4, 4, 4, 4)
+        right_layout.addWidget(self.viewer)
+
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.setObjectName("MainSplitter")
+        splitter.addWidget(left)
+        splitter.addWidget(right)
+        splitter.setStretchFactor(0, 0)
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([660, 940])
+        splitter.setChildrenCollapsible(False)
+        self.setCentralWidget(splitter)
+        self.setTabOrder(self.scan_list, self.viewer)
+
+        # -- status bar --------------------------------------------------------------------
+        bar = self.statusBar()
+        bar.setSizeGripEnabled(False)
+        self.receiver_label = QLabel()
+        self.associations_label = QLabel()
+        self.received_label = QLabel()
+        self.errors_label = QLabel()
+        self.store_label = QLabel(f"Store: {store.root}")
+        self.store_label.setToolTip(str(store.root))
+        for name, label in (("ReceiverStatus", self.receiver_label), ("AssocStatus", self.associations_label),
+                            ("ReceivedStatus", self.received_label), ("ErrorStatus", self.errors_label)):
+            label.setObjectName(name)
+            bar.addWidget(label)
+        self.store_label.setObjectName("StoreStatus")
+        bar.addPermanentWidget(self.store_label)
+        if receiver is not None:
+            self._set_receiver_state(receiver.is_running, receiver.aet, receiver.host, receiver.port, "")
+        else:
+            self._set_receiver_state(False, settings.receiver.aet, settings.receiver.host,
+                                     settings.receiver.port, "no receiver")
+        self._update_counts()
+
+        # -- actions -------------------------------------------------------------------------
+        self._add_action("Quit", "Ctrl+Q", self.close)
+        self._add_action("Refresh", "F5", self.refresh)
+        self._add_action("Follow new scans", "Esc", self.follow_newest)
+        self._add_action("Focus scan list", "Ctrl+L", self.scan_list.setFocus)
+
+        # -- wiring ----------------------------------------------------------------------------
+        bridge.seriesChanged.connect(self._on_series_changed)
+        bridge.instancesStored.connect(self._on_instances_stored)
+        bridge.receiverEvent.connect(self._on_receiver_event)
+        self.scan_list.seriesChosen.connect(self._on_series_chosen)
+        self.scan_list.activatedSeries.connect(lambda _uid: self.viewer.setFocus())
+        self.viewer.userInteracted.connect(self._on_user_interacted)
+
+        self._known = set(self.scan_list.scan_model.uids())
+        self._update_panel_count()
+        self.resize(1600, 1000)
+
+    def _add_action(self, text: str, shortcut: str, slot) -> QAction:
+        action = QAction(text, self)
+        action.setShortcut(QKeySequence(shortcut))
+        action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        action.triggered.connect(slot)
+        self.addAction(action)
+        return action
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def select_series(self, series_uid: str, *, explicit: bool = True) -> bool:
+        """Select and open a series as if the analyst picked it (explicit) or automatically."""
+        if explicit:
+            self._choose(series_uid)
+        self.scan_list.select_series(series_uid, explicit=explicit)
+        return self._open(series_uid)
+
+    def refresh(self) -> None:
+        """Re-read the store (F5): the list, and files of the open scan that nobody announced
+        (imported by another process, for instance)."""
+        self.scan_list.scan_model.refresh()
+        self._known = set(self.scan_list.scan_model.uids())
+        self._update_panel_count()
+        uid = self.viewer.series_uid
+        if uid is not None:
+            self.viewer.add_paths([i.path for i in self.store.instances(uid)])
+
+    def follow_newest(self) -> None:
+        """Return to following arrivals and show the newest scan now (Esc)."""
+        self._follow = True
+        self._last_user_action = float("-inf")
+        self._deferred = None
+        self.follow_box.blockSignals(True)
+        self.follow_box.setChecked(True)
+        self.follow_box.blockSignals(False)
+        rows = [r for r in self.listed_rows() if r.modality.upper() not in NON_IMAGE_MODALITIES]
+        if rows:
+            newest = max(rows, key=lambda r: r.first_received)
+            self.scan_list.select_series(newest.series_uid, explicit=False)
+            self._open(newest.series_uid)
+
+    def listed_rows(self) -> list[SeriesRow]:
+        """The scan list's rows in display order."""
+        model = self.scan_list.scan_model
+        return [r for r in (model.series_at(i) for i in range(model.rowCount())) if r is not None]
+
+    def set_operator(self, name: str) -> None:
+        """Show who is on shift (decisions will be recorded under this name)."""
+        label = QLabel(f"Operator: {name}")
+        label.setObjectName("OperatorStatus")
+        self.statusBar().insertPermanentWidget(0, label)
+        self.operator_label = label
+
+    @property
+    def following(self) -> bool:
+        return self._follow
+
+    # -- slots: bridge ---------------------------------------------------------------------------
+
+    def _on_series_changed(self, series_uids: set[str]) -> None:
+        """Bridge slot: refresh the list, then maybe open the newest arrival."""
+        self.scan_list.scan_model.refresh(series_uids)
+        new = [u for u in series_uids if u not in self._known]
+        self._known.update(series_uids)
+        self._update_panel_count()
+        if not new:
+            return
+        model = self.scan_list.scan_model
+        rows = [model.series_at(r) for r in (model.row_of(u) for u in new) if r is not None]
+        rows = [r for r in rows if r is not None and r.modality.upper() not in NON_IMAGE_MODALITIES]
+        if not rows:
+            return
+        newest = max(rows, key=lambda r: r.first_received)
+        self._maybe_follow(newest.series_uid)
+
+    def _on_instances_stored(self, batch: list[InstanceStored]) -> None:
+        """Bridge slot: grow the open scan with its new files."""
+        self._received += len(batch)
+        self._update_counts()
+        uid = self.viewer.series_uid
+        if uid is None:
+            return
+        paths = [e.path for e in batch if e.series_uid == uid]
+        if paths:
+            self.viewer.add_paths(paths)
+
+    def _on_receiver_event(self, event: object) -> None:
+        """Bridge slot: keep the status bar in step with the receiver."""
+        if isinstance(event, ReceiverState):
+            self._set_receiver_state(event.listening, event.aet, event.host, event.port, event.message)
+        elif isinstance(event, (AssociationOpened, AssociationClosed)):
+            self._open_associations = event.open_associations
+            self._update_counts()
+        elif isinstance(event, ReceiverError):
+            self._error_count += 1
+            self._errors.append(event)
+            self._update_counts()
+
+    # -- slots: user -----------------------------------------------------------------------------
+
+    def _on_series_chosen(self, series_uid: str, explicit: bool) -> None:
+        if explicit:
+            self._choose(series_uid)
+        self._open(series_uid)
+
+    def _on_user_interacted(self) -> None:
+        self._last_user_action = time.monotonic()
+
+    def _on_follow_toggled(self, checked: bool) -> None:
+        if checked:
+            self.follow_newest()
+        else:
+            self._follow = False
+            self._deferred = None
+
+    def _on_defer_timeout(self) -> None:
+        uid, self._deferred = self._deferred, None
+        if uid:
+            self._maybe_follow(uid)
+
+    # -- following ---------------------------------------------------------------------------------
+
+    def _choose(self, series_uid: str) -> None:
+        """The analyst picked a scan: stop following so no arrival replaces it."""
+        self._last_user_action = time.monotonic()
+        self._deferred = None
+        if self._follow:
+            self.follow_box.blockSignals(True)
+            self.follow_box.setChecked(False)
+            self.follow_box.blockSignals(False)
+            self._follow = False
+
+    def _maybe_follow(self, series_uid: str) -> None:
+        """Open an arrival if we follow and the analyst is not busy with the open scan."""
+        if not self._follow or self.viewer.series_uid == series_uid:
+            return
+        wait_s = self._last_user_action + HOLD_S - time.monotonic()
+        if wait_s > 0 and self.viewer.series_uid is not None:
+            # Scrolling the open scan right now: try again when the hands are off.
+            self._deferred = series_uid
+            self._defer_timer.start(int(wait_s * 1000) + 50)
+            return
+        self.scan_list.select_series(series_uid, explicit=False)
+        self._open(series_uid)
+
+    def _open(self, series_uid: str) -> bool:
+        """Show `series_uid` in the viewer (no-op if it is already there)."""
+        if self.viewer.series_uid == series_uid:
+            return True
+        row = self.store.series(series_uid)
+        if row is None:
+            return False
+        paths = [i.path for i in self.store.instances(series_uid)]
+        LOGGER.debug("opening series %s (%d files)", series_uid, len(paths))
+        self.viewer.set_series(series_uid, paths, label=_scan_label(row, self.mode))
+        self.scan_list.scan_model.mark_viewed(series_uid)
+        self._update_panel_count()
+        return True
+
+    # -- status bar ------------------------------------------------------------------------------
+
+    def _set_receiver_state(self, listening: bool, aet: str, host: str, port: int, message: str) -> None:
+        if listening:
+            text = f"<span style='color:{_GREEN}'>●</span> Listening  <b>{aet}</b> @ {host}:{port}"
+            tip = f"DICOM receiver AE title {aet}, listening on {host}:{port}"
+        else:
+            why = f": {message}" if message else ""
+            color = _DIM if message in ("stopped", "no receiver") else _RED
+            text = f"<span style='color:{color}'>●</span> Not listening  <b>{aet}</b> @ {host}:{port}{_esc(why)}"
+            tip = f"DICOM receiver {aet} is not listening{why}"
+        self.receiver_label.setText(text)
+        self.receiver_label.setToolTip(tip)
+
+    def _update_counts(self) -> None:
+        self.associations_label.setText(f"Associations: {self._open_associations}")
+        self.received_label.setText(f"Received: {self._received}")
+        if not self._errors:
+            self.errors_label.setText("Errors: 0")
+            self.errors_label.setToolTip("No receiver errors")
+            return
+        last = self._errors[-1]
+        who = f"{last.calling_aet}@{last.peer}" if last.calling_aet else last.peer
+        self.errors_label.setText(
+            f"<span style='color:{_AMBER}'>Errors: {self._error_count}</span>  last: {_esc(who)}: {_esc(last.message)}")
+        lines = []
+        for e in reversed(self._errors):
+            stamp = time.strftime("%H:%M:%S", time.localtime(e.at))
+            status = f" (status 0x{e.status:04X})" if e.status is not None else ""
+            peer = f"{e.calling_aet}@{e.peer}" if e.calling_aet else e.peer
+            lines.append(f"{stamp}  {peer}: {e.message}{status}")
+        self.errors_label.setToolTip("Recent receiver errors, newest first:\n" + "\n".join(lines))
+
+    def _update_panel_count(self) -> None:
+        model = self.scan_list.scan_model
+        pending = sum(1 for u in model.uids() if not model.is_viewed(u))
+        total = model.rowCount()
+        self._count_label.setText(f"{total}" + (f" · {pending} new" if pending else ""))
+
+    # -- shutdown --------------------------------------------------------------------------------
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
+        """Stop the viewer's worker; the application owner stops receiver, bridge, store."""
+        self._defer_timer.stop()
+        self.viewer.shutdown()
+        super().closeEvent(event)
+
+
+def _esc(text: str) -> str:
+    """Peer-supplied text goes into rich-text labels: escape it."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+__all__: Iterable[str] = ["MainWindow", "HOLD_S", "NON_IMAGE_MODALITIES"]

@@ -1,0 +1,119 @@
+"""Render the main window with synthetic scans to a PNG (README screenshots).
+
+``python -m station.ui.screenshot OUT.png [--mode airport|clinic]`` builds a throw-away
+store with a few synthetic bags (written by ``station.core.synth`` and imported with
+``Store.import_paths``), opens the main window offscreen at 1600x1000, selects a scan,
+scrolls to a middle slice (through a planted threat when there is one) and saves the
+window. Nothing outside a temp folder is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LOGGER = logging.getLogger(__name__)
+
+# (seed, threats, dicos): a mix like a belt produces: clear and alarming, classic and DICOS.
+_BAGS = [(9, 0, False), (10, 0, False), (11, 0, False), (12, 1, True), (13, 0, False), (14, 2, False),
+         (15, 0, True)]
+_SHOW = 14  # the bag the screenshot opens
+_VIEWED = (9, 10, 11)  # bags already looked at earlier in the shift
+
+
+def _wait(app, predicate, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        app.processEvents()
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m station.ui.screenshot", description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="PNG file to write")
+    parser.add_argument("--mode", choices=("airport", "clinic"), default="airport")
+    parser.add_argument("--size", type=int, default=384, help="axial matrix of the synthetic bags")
+    parser.add_argument("--slices", type=int, default=120)
+    parser.add_argument("--width", type=int, default=1600)
+    parser.add_argument("--height", type=int, default=1000)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    # Qt and the synthesiser are imported late: --help must work without a display.
+    from station.core import synth
+    from station.core.config import Settings
+    from station.core.events import EventBus, ReceiverState
+    from station.core.store import Store
+    from station.ui.app import make_app
+    from station.ui.bridge import EventBridge
+    from station.ui.main_window import MainWindow
+    from station.ui.scan_list import RECEIVING_S
+
+    app = make_app()
+    with tempfile.TemporaryDirectory(prefix="station-shot-") as tmp:
+        root = Path(tmp)
+        settings = Settings()
+        settings.store.path = root / "store"
+        settings.ui.mode = args.mode
+        store = Store(settings.store.path, durable=False)
+        target_uid, target_slice = None, args.slices // 2
+        viewed: list[str] = []
+        for seed, threats, dicos in _BAGS:
+            bag = synth.make_bag_volume(size=args.size, slices=args.slices, threats=threats, seed=seed)
+            patient = f"MRN-{40210 + seed}" if args.mode == "clinic" else None
+            files = synth.write_ct_series(bag, root / f"bag{seed}", dicos=dicos, seed=seed, patient_id=patient)
+            stored, errors = store.import_paths(files)
+            for message in errors:
+                LOGGER.warning("import: %s", message)
+            if seed in _VIEWED and stored:
+                viewed.append(stored[0].series_uid)
+            if seed == _SHOW and stored:
+                target_uid = stored[0].series_uid
+                if bag.threats:
+                    target_slice = int(round(bag.threats[0].center_xyz[2]))
+            time.sleep(0.02)  # distinct arrival times, as from a belt
+        # Past the "receiving" spell, so the list shows new and viewed scans as on a shift.
+        time.sleep(RECEIVING_S)
+        bus = EventBus()
+        bridge = EventBridge(bus)
+        window = MainWindow(store, bridge, settings)
+        for uid in viewed:
+            window.select_series(uid)
+        # A station on duty: show the receiver state it would have (no socket is opened).
+        r = settings.receiver
+        bus.publish(ReceiverState(True, r.aet, r.host, r.port))
+        window.resize(args.width, args.height)
+        window.show()
+        _wait(app, lambda: window.received_label is not None, 0.2)
+        if target_uid is None:
+            print("no scan was imported", file=sys.stderr)
+            return 1
+        window.select_series(target_uid)
+        viewer = window.viewer
+        _wait(app, lambda: viewer.volume is not None and not viewer.is_busy() and viewer.current_index >= 0, 30)
+        viewer.set_index(target_slice)
+        viewer.setFocus()
+        _wait(app, lambda: False, 0.3)  # let the bridge flush and the window settle
+        image = window.grab()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        if not image.save(str(args.out)):
+            print(f"cannot write {args.out}", file=sys.stderr)
+            return 1
+        window.close()
+        bridge.close()
+        store.close()
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
