@@ -25,7 +25,7 @@ lint: venv
 	$(BIN)/lint-imports
 
 screenshot: system-deps venv
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m station.ui.screenshot docs/screenshot-main.png
+	bash packaging/screenshot-live.sh docs/screenshot-main.png
 
 system-deps:
 	@bash packaging/system-deps.sh

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     # Qt and the synthesiser are imported late: --help must work without a display.
     from station.core import synth
     from station.core.config import Settings
-    from station.core.events import EventBus, ReceiverState
+    from station.core.events import EventBus
     from station.core.store import Store
     from station.ui.app import make_app
     from station.ui.bridge import EventBridge
@@ -88,9 +88,6 @@ def main(argv: list[str] | None = None) -> int:
         window = MainWindow(store, bridge, settings)
         for uid in viewed:
             window.select_series(uid)
-        # A station on duty: show the receiver state it would have (no socket is opened).
-        r = settings.receiver
-        bus.publish(ReceiverState(True, r.aet, r.host, r.port))
         window.resize(args.width, args.height)
         window.show()
         _wait(app, lambda: window.received_label is not None, 0.2)

@@ -295,6 +295,8 @@ class SliceViewer(QWidget):
         self._submitted: set[str] = set()
         self._files_done = 0
         self._index = -1
+        self._track_middle = True
+        self.userInteracted.connect(self._on_user_interacted)
         self._current: SliceInfo | None = None
         self._image: np.ndarray | None = None
         self._window: WindowPreset | None = None
@@ -400,6 +402,7 @@ class SliceViewer(QWidget):
         self._bump_generation()
         self._volume = SeriesVolume(series_uid)
         self._series_uid = series_uid
+        self._track_middle = True
         self._submitted = set()
         self._files_done = 0
         self._index = -1
@@ -509,11 +512,17 @@ class SliceViewer(QWidget):
         if not slices:
             self._update_overlay()
             return
+        middle = len(slices) // 2
         if self._current is None:
-            # First slice(s): open at the start of the scan; later arrivals never move us.
-            self._show(0, slices[0])
+            # The first slice(s) show at once, at the middle of what has arrived.
+            self._show(middle, slices[middle])
             self.first_slice_latency_s = time.perf_counter() - self._opened_at
             self._view.autoRange(padding=0.02)
+        elif self._track_middle and slices[middle] is not self._current:
+            # Untouched since it opened: stay at the middle of the growing scan, so the
+            # analyst sees the bag rather than the empty belt at its first slice. Once
+            # they scroll, zoom or window, arrivals never move the view again.
+            self._show(middle, slices[middle])
         else:
             self._index = self._find(slices, self._current, self._index)
         self._slider.blockSignals(True)
@@ -685,6 +694,9 @@ class SliceViewer(QWidget):
     def _on_wheel_steps(self, steps: int) -> None:
         self.userInteracted.emit()
         self.scroll(steps)
+
+    def _on_user_interacted(self) -> None:
+        self._track_middle = False
 
     def _on_slider(self, value: int) -> None:
         self.userInteracted.emit()

@@ -54,12 +54,14 @@ def test_slices_appear_in_geometric_order(qtbot, viewer, ct_files):
     assert viewer.errors == []
 
 
-def test_first_slice_shows_while_the_rest_arrive_and_stays_put(qtbot, viewer, ct_files):
+def test_first_slice_shows_while_the_rest_arrive_and_stays_put_once_touched(qtbot, viewer, ct_files):
     paths = ct_files(10)
     viewer.set_series(None, [paths[5]])
     qtbot.waitUntil(lambda: viewer.current_index == 0, timeout=3000)
     assert shown_value(viewer) == slice_value(5)
     assert viewer.first_slice_latency_s is not None
+    viewer.setFocus()
+    qtbot.keyClick(viewer, Qt.Key.Key_Home)  # the analyst has taken over
 
     # Earlier slices arrive later: the slice on screen must not change, its index must.
     viewer.add_paths(paths[:5])
@@ -75,9 +77,23 @@ def test_first_slice_shows_while_the_rest_arrive_and_stays_put(qtbot, viewer, ct
     assert viewer.overlay_text("bl").startswith("Slice 6 / 10")
 
 
+def test_untouched_viewer_keeps_to_the_middle_of_a_growing_scan(qtbot, viewer, ct_files):
+    paths = ct_files(20)
+    viewer.set_series(None, paths[:4])
+    wait_loaded(qtbot, viewer, 4)
+    assert viewer.current_index == 2
+    assert shown_value(viewer) == slice_value(2)
+    viewer.add_paths(paths[4:])
+    wait_loaded(qtbot, viewer, 20)
+    qtbot.waitUntil(lambda: viewer.current_index == 10, timeout=3000)
+    assert shown_value(viewer) == slice_value(10)
+
+
 def test_keys_scroll(qtbot, viewer, ct_files):
     viewer.set_series(None, ct_files(30))
     wait_loaded(qtbot, viewer, 30)
+    assert viewer.current_index == 15  # a scan opens at its middle
+    viewer.set_index(0)
     viewer.setFocus()
     qtbot.keyClick(viewer, Qt.Key.Key_Down)
     assert viewer.current_index == 1
@@ -106,6 +122,7 @@ def _wheel(widget, notches: int, modifiers=Qt.KeyboardModifier.NoModifier):
 def test_wheel_scrolls_slices_and_ctrl_wheel_zooms(qtbot, viewer, ct_files):
     viewer.set_series(None, ct_files(20))
     wait_loaded(qtbot, viewer, 20)
+    viewer.set_index(0)
     viewport = viewer._graphics.viewport()
     interactions = []
     viewer.userInteracted.connect(lambda: interactions.append(1))
