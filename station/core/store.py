@@ -487,7 +487,9 @@ class Store:
         try:
             if self._closed:
                 raise StoreError("store is closed")
-            if spooled.parent.resolve() != self.tmp_dir:
+            # spool_dir() hands out the resolved tmp_dir, so a plain comparison suffices
+            # (resolving on every instance showed up in profiles).
+            if spooled.parent != self.tmp_dir and spooled.parent.resolve() != self.tmp_dir:
                 raise StoreError(f"{spooled} is not in the store's spool folder {self.tmp_dir}")
             try:
                 with open(spooled, "rb") as f:
