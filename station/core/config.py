@@ -50,15 +50,28 @@ class ReceiverSettings:
     host: str = "0.0.0.0"
     port: int = 11112
     max_associations: int = 16
+    # At most this many simultaneous associations from one IP address; one scanner
+    # rarely needs more than a few, and a misbehaving peer must not take every slot.
+    max_associations_per_peer: int = 4
+    # If not empty, only these calling AE titles may send; others are rejected at association.
+    allowed_calling_aets: list[str] = field(default_factory=list)
+    # DICOM TLS: certificate and key (PEM) enable TLS; a CA bundle also requires and
+    # verifies client certificates.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
     # Accept storage SOP classes pynetdicom does not know (vendor DICOS sub-classes,
     # private classes). Verification and known storage classes are always accepted.
     accept_unknown_sop_classes: bool = True
     # Seconds a silent association may hold a slot before it is aborted.
     network_timeout: float = 30.0
-    # Seconds to wait for a peer's association request or release answer.
-    acse_timeout: float = 10.0
-    # Maximum PDU we offer; 0 means unlimited, which lets senders use large PDUs.
-    max_pdu: int = 0
+    # Seconds to wait for a peer's association request or release answer: a connection
+    # that sends nothing useful holds a slot no longer than this.
+    acse_timeout: float = 5.0
+    # Maximum PDU we offer (bytes). Large PDUs cost far fewer round trips than the 16 KB
+    # default; a peer sending more than this is aborted, so memory per association is
+    # bounded even against hostile length fields.
+    max_pdu: int = 4 * 1024 * 1024
 
 
 @dataclass
@@ -105,6 +118,8 @@ def _coerce(section: str, key: str, value: Any, target: Any, origin: Path) -> An
         return value
     if kind is str and isinstance(value, str):
         return value
+    if kind is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
     raise ConfigError(f"{origin}: [{section}] {key} must be of type {kind.__name__}, got {value!r}")
 
 
@@ -150,7 +165,16 @@ def _validate(settings: Settings, origin: Path) -> None:
         raise ConfigError(f"{origin}: [receiver] port {r.port} is not a TCP port")
     if not r.aet or len(r.aet) > 16 or not r.aet.isascii() or "\\" in r.aet:
         raise ConfigError(f"{origin}: [receiver] aet {r.aet!r} must be 1-16 ASCII characters")
-    if r.max_associations < 1:
-        raise ConfigError(f"{origin}: [receiver] max_associations must be at least 1")
+    if r.max_associations < 1 or r.max_associations_per_peer < 1:
+        raise ConfigError(f"{origin}: [receiver] max_associations and max_associations_per_peer must be at least 1")
+    for aet in r.allowed_calling_aets:
+        if not aet or len(aet) > 16 or not aet.isascii() or "\\" in aet:
+            raise ConfigError(f"{origin}: [receiver] allowed_calling_aets: {aet!r} is not an AE title")
+    if bool(r.tls_cert) != bool(r.tls_key):
+        raise ConfigError(f"{origin}: [receiver] tls_cert and tls_key go together")
+    if r.tls_ca and not r.tls_cert:
+        raise ConfigError(f"{origin}: [receiver] tls_ca needs tls_cert and tls_key")
+    if 0 < r.max_pdu < 4096:
+        raise ConfigError(f"{origin}: [receiver] max_pdu must be 0 (unlimited) or at least 4096")
     if settings.ui.mode not in {"airport", "clinic"}:
         raise ConfigError(f"{origin}: [ui] mode must be 'airport' or 'clinic'")

@@ -33,6 +33,7 @@ import queue
 import re
 import select
 import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -132,8 +133,16 @@ def _dul_wait_idle(dul: Any) -> None:
 
 def _dul_run_reactor(self: Any) -> None:
     """pynetdicom's DULServiceProvider.run_reactor, waiting in select instead of sleeping."""
-    _spool.directory = getattr(getattr(self.assoc, "ae", None), SPOOL_DIR_ATTRIBUTE, None)
+    ae = getattr(self.assoc, "ae", None)
+    _spool.directory = getattr(ae, SPOOL_DIR_ATTRIBUTE, None)
     _spool.assoc = self.assoc
+    stall = getattr(ae, STALL_TIMEOUT_ATTRIBUTE, None)
+    raw_socket = getattr(self.socket, "socket", None) if self.socket is not None else None
+    if stall is not None and raw_socket is not None:
+        # Reads only start once select() says data is waiting, so this bounds how long
+        # a peer may stall in the middle of a PDU (a truncated PDU would otherwise hold
+        # the thread, and its association slot, forever).
+        raw_socket.settimeout(stall)
     self._idle_timer.start()
     try:
         while True:
@@ -143,11 +152,22 @@ def _dul_run_reactor(self: Any) -> None:
                 break
             if self.artim_timer.expired:
                 self.event_queue.put("Evt18")
+            # Events first: pynetdicom reads the socket before acting on queued events,
+            # so a peer that stalls mid-PDU right after connecting was read while the
+            # connection event (Evt5) still waited, and the close that followed was lost.
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                event = None
+            if event is not None:
+                self.state_machine.do_action(event)
+                continue
             try:
                 if self._process_recv_primitive():
-                    pass
-                elif self._is_transport_event():
+                    continue
+                if self._is_transport_event():
                     self._idle_timer.restart()
+                    continue
             except Exception as exc:
                 LOGGER.error("Exception in DUL.run(), aborting association")
                 LOGGER.exception(exc)
@@ -163,12 +183,7 @@ def _dul_run_reactor(self: Any) -> None:
                 self.assoc._kill = True
                 self._kill_thread = True
                 return
-            try:
-                event = self.event_queue.get(block=False)
-            except queue.Empty:
-                _dul_wait_idle(self)
-                continue
-            self.state_machine.do_action(event)
+            _dul_wait_idle(self)
     finally:
         wake = getattr(self.assoc, "_station_wake", None)
         if wake is not None:
@@ -177,6 +192,85 @@ def _dul_run_reactor(self: Any) -> None:
             if s is not None:
                 s.close()
         self._station_wake_w = None
+
+
+# Largest PDU a peer may send us, by PDU type. P-DATA may be as large as we advertised
+# (ae attribute set by the receiver) and no larger; association PDUs are small even with
+# 128 presentation contexts; release and abort PDUs have a fixed length of 4.
+MAX_PDATA_BYTES_ATTRIBUTE = "_station_max_pdata_bytes"
+# Seconds a peer may go silent in the middle of a PDU (ae attribute set by the receiver).
+STALL_TIMEOUT_ATTRIBUTE = "_station_stall_timeout"
+DEFAULT_MAX_PDATA_BYTES = 64 * 1024 * 1024
+MAX_ASSOCIATION_PDU_BYTES = 1024 * 1024
+_FIXED_PDU_LENGTH = {0x05: 4, 0x06: 4, 0x07: 4}
+
+
+def _peer_of(dul: Any) -> str:
+    try:
+        host, port = dul.socket.socket.getpeername()[:2]
+        return f"{host}:{port}"
+    except (AttributeError, OSError):
+        return "unknown peer"
+
+
+def _pdu_length_refused(dul: Any, pdu_type: int, pdu_length: int) -> str:
+    """Why a PDU of this type and length must not be read (empty if it may be)."""
+    if pdu_type in _FIXED_PDU_LENGTH:
+        expected = _FIXED_PDU_LENGTH[pdu_type]
+        return "" if pdu_length == expected else f"PDU type 0x{pdu_type:02X} with length {pdu_length} (must be {expected})"
+    if pdu_type == 0x04:
+        limit = getattr(getattr(dul.assoc, "ae", None), MAX_PDATA_BYTES_ATTRIBUTE, DEFAULT_MAX_PDATA_BYTES)
+    else:
+        limit = MAX_ASSOCIATION_PDU_BYTES
+    return f"PDU type 0x{pdu_type:02X} of {pdu_length} bytes (limit {limit})" if pdu_length > limit else ""
+
+
+def _dul_read_pdu_data(self: Any) -> None:
+    """pynetdicom's DULServiceProvider._read_pdu_data, refusing absurd PDU lengths.
+
+    pynetdicom reads whatever length a peer announces; a hostile peer announcing 4 GB
+    would make it allocate 4 GB. Here the announced length is checked first: too long
+    for its type is an invalid PDU (Evt19: the association is aborted).
+    """
+    try:
+        header = self.socket.recv(6)
+    except (OSError, TimeoutError) as exc:
+        LOGGER.error("connection from %s closed before the entire PDU was received: %s", _peer_of(self), exc)
+        self.event_queue.put("Evt17")
+        return
+    if len(header) != 6:
+        self.event_queue.put("Evt17")
+        return
+    pdu_type, _, pdu_length = struct.unpack(">BBL", header)
+    if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+        LOGGER.error("unknown PDU type 0x%02X from %s", pdu_type, _peer_of(self))
+        self.event_queue.put("Evt19")
+        return
+    refused = _pdu_length_refused(self, pdu_type, pdu_length)
+    if refused:
+        LOGGER.error("refusing %s from %s", refused, _peer_of(self))
+        self.event_queue.put("Evt19")
+        return
+    pdu_bytes = bytearray(6 + pdu_length)  # one buffer: no concatenation copy
+    pdu_bytes[:6] = header
+    try:
+        received = _recv_into(self.socket.socket, memoryview(pdu_bytes)[6:])
+    except (OSError, TimeoutError) as exc:
+        LOGGER.error("connection from %s closed before the entire PDU was received: %s", _peer_of(self), exc)
+        self.event_queue.put("Evt17")
+        return
+    if received != pdu_length:
+        LOGGER.error("PDU from %s is shorter than announced (%d of %d bytes)", _peer_of(self), received, pdu_length)
+        self.event_queue.put("Evt17")
+        return
+    try:
+        pdu, event = self._decode_pdu(pdu_bytes)
+    except Exception as exc:  # pynetdicom raises many types for malformed PDUs
+        LOGGER.error("cannot decode a PDU from %s: %s", _peer_of(self), exc)
+        self.event_queue.put("Evt19")
+        return
+    self.event_queue.put(event)
+    self._recv_pdu.put(pdu)
 
 
 _original_kill_dul = _dul.DULServiceProvider.kill_dul
@@ -276,19 +370,24 @@ def _assoc_run_reactor(self: Any) -> None:
 # -- transport ----------------------------------------------------------------------------------
 
 
+def _recv_into(sock: socket.socket, view: memoryview) -> int:
+    """Fill `view` from `sock`; return the bytes read (fewer only if the peer closed)."""
+    nr_read = 0
+    while nr_read < len(view):
+        n = sock.recv_into(view[nr_read:], len(view) - nr_read)
+        if not n:
+            break
+        nr_read += n
+    return nr_read
+
+
 def _socket_recv(self: Any, nr_bytes: int) -> bytearray:
     """AssociationSocket.recv: read exactly `nr_bytes` (fewer only if the peer closed)."""
     buffer = bytearray(nr_bytes)
-    view = memoryview(buffer)
-    nr_read = 0
-    sock = self.socket
-    while nr_read < nr_bytes:
-        n = sock.recv_into(view[nr_read:], nr_bytes - nr_read)
-        if not n:
-            del view
-            del buffer[nr_read:]
-            return buffer
-        nr_read += n
+    with memoryview(buffer) as view:
+        nr_read = _recv_into(self.socket, view)
+    if nr_read < nr_bytes:
+        del buffer[nr_read:]
     return buffer
 
 
@@ -465,6 +564,7 @@ def install() -> None:
             return
         _dul.DULServiceProvider.run_reactor = _dul_run_reactor
         _dul.DULServiceProvider.kill_dul = _dul_kill
+        _dul.DULServiceProvider._read_pdu_data = _dul_read_pdu_data
         _association.Association.__init__ = _assoc_init
         _association.Association.kill = _assoc_kill
         _association.Association._run_reactor = _assoc_run_reactor

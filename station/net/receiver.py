@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import ssl
 import threading
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,10 @@ class ReceiverStartError(RuntimeError):
 def peer_of(event: evt.Event) -> tuple[str, str]:
     """Return ("host:port", calling AE title) of the peer behind `event`."""
     requestor = event.assoc.requestor
-    return f"{requestor.address}:{requestor.port}", (requestor.ae_title or "").strip()
+    aet = requestor.ae_title or ""
+    if not aet and requestor.primitive is not None:  # before negotiation completes
+        aet = requestor.primitive.calling_ae_title or ""
+    return f"{requestor.address}:{requestor.port}", str(aet).strip()
 
 
 class Receiver:
@@ -108,6 +112,7 @@ class Receiver:
         self._received = 0
         self._errors = 0
         self._port = settings.port
+        self._per_peer: dict[str, int] = {}
 
     # -- state (read from any thread) -------------------------------------------------------
 
@@ -157,7 +162,12 @@ class Receiver:
         ae = AE(ae_title=self.settings.aet)
         setattr(ae, reactor.SPOOL_DIR_ATTRIBUTE, self.store.spool_dir())
         ae.maximum_pdu_size = self.settings.max_pdu
+        setattr(ae, reactor.MAX_PDATA_BYTES_ATTRIBUTE,
+                self.settings.max_pdu or reactor.DEFAULT_MAX_PDATA_BYTES)
+        setattr(ae, reactor.STALL_TIMEOUT_ATTRIBUTE, self.settings.acse_timeout)
         ae.maximum_associations = self.settings.max_associations
+        if self.settings.allowed_calling_aets:
+            ae.require_calling_aet = list(self.settings.allowed_calling_aets)
         ae.network_timeout = self.settings.network_timeout
         ae.acse_timeout = self.settings.acse_timeout
         ae.dimse_timeout = self.settings.network_timeout
@@ -180,20 +190,41 @@ class Receiver:
             (evt.EVT_C_ECHO, self._on_c_echo),
             (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_CONN_CLOSE, self._on_conn_close),
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ABORTED, self._on_aborted),
         ]
         try:
+            ssl_context = self._ssl_context()
             self._server = ae.start_server(
-                (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
+                (self.settings.host, self.settings.port), block=False, evt_handlers=handlers,
+                ssl_context=ssl_context,
             )
-        except OSError as exc:
+        except (OSError, ssl.SSLError) as exc:
             message = f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror or exc}"
             self.bus.publish(ReceiverState(False, self.aet, self.settings.host, self.settings.port, message))
             raise ReceiverStartError(message) from exc
         self._port = self._server.server_address[1]
         LOGGER.info("receiver %s listening on %s:%d", self.aet, self.settings.host, self._port)
         self.bus.publish(ReceiverState(True, self.aet, self.settings.host, self._port))
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        """A TLS server context when a certificate is configured (client certificates
+        required and verified when a CA bundle is given); None for plain DICOM."""
+        r = self.settings
+        if not r.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(certfile=r.tls_cert, keyfile=r.tls_key)
+        if r.tls_ca:
+            context.load_verify_locations(cafile=r.tls_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.settings.tls_cert)
 
     def stop(self) -> None:
         """Stop listening and end open associations. Safe to call twice."""
@@ -210,6 +241,7 @@ class Receiver:
         with self._lock:
             self._open += 1
             count = self._open
+            self._per_peer[event.address[0]] = self._per_peer.get(event.address[0], 0) + 1
         peer = f"{event.address[0]}:{event.address[1]}"
         self.bus.publish(AssociationOpened(peer, "", count))
 
@@ -217,6 +249,11 @@ class Receiver:
         with self._lock:
             self._open = max(0, self._open - 1)
             count = self._open
+            left = self._per_peer.get(event.address[0], 0) - 1
+            if left > 0:
+                self._per_peer[event.address[0]] = left
+            else:
+                self._per_peer.pop(event.address[0], None)
         peer, aet = f"{event.address[0]}:{event.address[1]}", ""
         try:
             peer, aet = peer_of(event)
@@ -225,9 +262,28 @@ class Receiver:
         how = "aborted" if event.assoc.is_aborted else "released" if event.assoc.is_released else "closed"
         self.bus.publish(AssociationClosed(peer, aet, count, how))
 
+    def _on_requested(self, event: evt.Event) -> None:
+        """An association request arrived: refuse a peer that already holds its share."""
+        peer, aet = peer_of(event)
+        with self._lock:
+            held = self._per_peer.get(event.assoc.requestor.address, 0)
+        if held > self.settings.max_associations_per_peer:
+            message = (f"association rejected: {held - 1} already open from this peer, "
+                       f"limit {self.settings.max_associations_per_peer}")
+            LOGGER.warning("%s (%s): %s", aet, peer, message)
+            self._error(peer, aet, message, None)
+            # Rejected-transient, service provider (presentation), local limit exceeded;
+            # then wait for the reply to go out, as pynetdicom's own rejections do.
+            assoc = event.assoc
+            assoc.acse.send_reject(0x02, 0x03, 0x02)
+            assoc.kill()
+
     def _on_rejected(self, event: evt.Event) -> None:
         peer, aet = peer_of(event)
-        self._error(peer, aet, "association rejected", None)
+        why = ("calling AE title not allowed" if self.settings.allowed_calling_aets
+               and aet not in self.settings.allowed_calling_aets else "association rejected")
+        LOGGER.warning("%s (%s): %s", aet, peer, why)
+        self._error(peer, aet, why, None)
 
     def _on_aborted(self, event: evt.Event) -> None:
         peer, aet = peer_of(event)
