@@ -213,6 +213,50 @@ def cmd_volume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from station.core.dicos import inspect_main
+
+    results = inspect_main(args.paths)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            print(json.dumps(r))
+    for r in results:
+        if "error" in r:
+            print(f"station inspect: {r.get('path')}: {r['error']}", file=sys.stderr)
+    return 1 if any("error" in r for r in results) else 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from station.core.detect import DetectError, detect_main
+
+    try:
+        result = detect_main(args.paths, tdr_out=args.tdr_out)
+    except DetectError as exc:
+        print(f"station detect: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"{result['alarm_decision']}: {len(result['alerts'])} alert(s)")
+        for alert in result["alerts"]:
+            print(f"  {alert}")
+    return 0
+
+
+def cmd_tdr_operator(args: argparse.Namespace) -> int:
+    from station.core.dicos import DicosError, operator_tdr_main
+
+    try:
+        summary = operator_tdr_main(args.machine_tdr, args.decision, args.operator, args.out)
+    except (DicosError, ValueError) as exc:
+        print(f"station tdr operator: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from station.bench import run_bench
 
@@ -296,8 +340,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_volume)
 
+    p = sub.add_parser("inspect", parents=[common], help="what a DICOM/DICOS file holds (images, TDRs)")
+    p.add_argument("paths", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("detect", parents=[common], help="run the built-in threat detector on a CT scan")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--tdr-out", metavar="FILE", help="write the machine TDR here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("tdr", parents=[common], help="threat detection reports")
+    tdr_sub = p.add_subparsers(dest="tdr_command", required=True)
+    q = tdr_sub.add_parser("operator", parents=[common], help="write the operator TDR for a decision")
+    q.add_argument("--machine-tdr", required=True, metavar="FILE")
+    q.add_argument("--decision", required=True, type=str.upper, choices=["CLEAR", "SUSPECT", "THREAT"])
+    q.add_argument("--operator", required=True, metavar="ID")
+    q.add_argument("--out", required=True, metavar="FILE")
+    q.set_defaults(func=cmd_tdr_operator)
+
     p = sub.add_parser("bench", parents=[common], help="benchmarks (JSON with the peer and the ratio)")
-    p.add_argument("what", choices=["receive"])
+    p.add_argument("what", choices=["receive", "detect"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--slices", type=int, default=300)
     p.add_argument("--size", type=int, default=512)

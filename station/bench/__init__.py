@@ -13,6 +13,10 @@ def run_bench(what: str, *, json_output: bool, args: argparse.Namespace) -> int:
         from station.bench.receive import bench_receive
 
         result = bench_receive(slices=args.slices, size=args.size, repeat=args.repeat)
+    elif what == "detect":
+        from station.core.detect import bench_detect
+
+        result = bench_detect()
     else:  # argparse restricts the choices; this guards direct callers
         raise ValueError(f"unknown benchmark {what!r}")
     if json_output:

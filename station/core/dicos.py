@@ -874,6 +874,8 @@ def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     meta = getattr(ds, "file_meta", None)
     sop_class = r.text(ds, "SOPClassUID") or (
         r.text(meta, "MediaStorageSOPClassUID") if meta is not None else "")
+    if not sop_class:
+        raise DicosError(f"{path}: not a DICOM object (no SOP Class UID)")
     out: dict[str, Any] = {
         "path": str(path),
         "sop_class_uid": sop_class,
