@@ -51,6 +51,8 @@ NON_IMAGE_MODALITIES = frozenset({"TDR", "SR", "PR", "KO", "DOC", "REG", "RTSTRU
 #: How many receiver errors the status bar tooltip lists.
 RECENT_ERRORS = 10
 
+STATUS_OUT_OF_RESOURCES = 0xA700  # what the receiver answers when the store is full
+
 _GREEN, _AMBER, _RED, _DIM = "#5cc98a", "#f0b429", "#ff6b6b", "#8b929c"
 
 
@@ -153,6 +155,15 @@ class MainWindow(QMainWindow):
             label.setObjectName(name)
             bar.addWidget(label)
         self.store_label.setObjectName("StoreStatus")
+        # Shown while scanners are being refused for lack of space: an analyst must not
+        # miss that bags are not arriving, so it is loud and stays until space is back.
+        self.storage_warning = QLabel()
+        self.storage_warning.setObjectName("StorageWarning")
+        self.storage_warning.setStyleSheet(
+            f"QLabel#StorageWarning {{ background: {_RED}; color: #16181c; font-weight: bold;"
+            " padding: 2px 10px; border-radius: 3px; }")
+        self.storage_warning.hide()
+        bar.addPermanentWidget(self.storage_warning)
         bar.addPermanentWidget(self.store_label)
         if receiver is not None:
             self._set_receiver_state(receiver.is_running, receiver.aet, receiver.host, receiver.port, "")
@@ -258,6 +269,8 @@ class MainWindow(QMainWindow):
         """Bridge slot: grow the open scan with its new files."""
         self._received += len(batch)
         self._update_counts()
+        if not self.storage_warning.isHidden():
+            self.storage_warning.hide()  # instances are being stored again: space is back
         uid = self.viewer.series_uid
         if uid is None:
             return
@@ -276,6 +289,12 @@ class MainWindow(QMainWindow):
             self._error_count += 1
             self._errors.append(event)
             self._update_counts()
+            if event.status == STATUS_OUT_OF_RESOURCES:
+                self.storage_warning.setText("STORE FULL: scans are being refused")
+                self.storage_warning.setToolTip(
+                    f"{event.message}\nScanners get status 0xA700 (out of resources) and keep their scans;"
+                    " free disk space or raise the quota, then ask them to resend.")
+                self.storage_warning.show()
 
     # -- slots: user -----------------------------------------------------------------------------
 

@@ -86,6 +86,19 @@ def test_status_bar_follows_receiver_events(qtbot, window, bus):
     assert "in use" in window.receiver_label.text()
 
 
+def test_store_full_is_a_loud_warning_until_instances_arrive_again(qtbot, window, bus, arrive, ct_files):
+    assert window.storage_warning.isHidden()
+    bus.publish(ReceiverError("10.0.0.7:40001", "CT_LANE3", "cannot write: disk full", None))
+    qtbot.waitUntil(lambda: "Errors: 1" in window.errors_label.text(), timeout=2000)
+    assert window.storage_warning.isHidden()  # an ordinary error is not a full store
+    bus.publish(ReceiverError("10.0.0.7:40001", "CT_LANE3", "store /x is full: No space left", 0xA700))
+    qtbot.waitUntil(lambda: not window.storage_warning.isHidden(), timeout=2000)
+    assert "STORE FULL" in window.storage_warning.text()
+    assert "No space left" in window.storage_warning.toolTip()
+    arrive(ct_files(1, patient_id="BAG-9"))
+    qtbot.waitUntil(lambda: window.storage_warning.isHidden(), timeout=3000)
+
+
 def test_first_arrival_opens_and_grows_in_the_viewer(qtbot, window, arrive, ct_files):
     paths = ct_files(12, patient_id="BAG-1")
     arrive(paths[4:7])  # the middle of the scan arrives first
