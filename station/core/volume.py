@@ -771,6 +771,24 @@ class SeriesVolume:
         is a view of a ``numpy.memmap``; otherwise a cached decoded frame. Any thread."""
         return self._raw(self._state.slices[k], cache=True)
 
+    def stored_slice(self, k: int | SliceInfo) -> tuple[np.ndarray, float, float]:
+        """Slice ``k`` as ``(values, slope, intercept)``: modality = values * slope + intercept.
+
+        For viewers and reslicers that keep voxels at their stored size (2 bytes for
+        16-bit CT) instead of float32, and fold the rescale into display levels. ``k`` is
+        an index in the current order or a ``SliceInfo`` taken from ``slices`` (which
+        stays valid while other slices are inserted). The values are ``raw_slice`` (a
+        zero-copy memmap view when uncompressed) unless the file has unused high bits to
+        clear, which needs a copy. Read-only. Any thread.
+        """
+        s = k if isinstance(k, SliceInfo) else self._state.slices[k]
+        raw = self._raw(s, cache=True)
+        shift = self._layouts[s.path].bits_shift
+        if shift:
+            raw = np.right_shift(np.left_shift(raw, shift), shift)
+            raw.flags.writeable = False
+        return raw, s.rescale_slope, s.rescale_intercept
+
     def slice(self, k: int) -> np.ndarray:
         """Slice k as 2-D (y, x) float32 modality values (rescale applied). Any thread."""
         s = self._state.slices[k]

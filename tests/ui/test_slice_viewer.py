@@ -34,8 +34,8 @@ def wait_loaded(qtbot, v, n):
 
 
 def shown_value(v) -> float:
-    """The value of the (flat) slice on screen."""
-    image = v.image_item.image
+    """The modality value of the (flat) axial slice on screen."""
+    image = v.displayed_values()
     assert image is not None
     return float(np.median(image))
 
@@ -141,14 +141,13 @@ def test_window_from_series_and_presets(qtbot, viewer, ct_files):
     viewer.set_series(None, ct_files(3))
     wait_loaded(qtbot, viewer, 3)
     assert viewer.window == (40.0, 400.0)  # the files' WindowCenter/Width
-    assert viewer.image_item.levels is not None
-    assert tuple(viewer.image_item.levels) == (-160.0, 240.0)
+    assert viewer.pane("axial").window == (-160.0, 240.0)
     viewer.setFocus()
     qtbot.keyClick(viewer, Qt.Key.Key_3)  # clinic: lung
     assert viewer.window == (-600.0, 1500.0)
     assert "W 1500  L -600 HU" in viewer.overlay_text("br")
     viewer.set_window(100, 50)
-    assert tuple(viewer.image_item.levels) == (75.0, 125.0)
+    assert viewer.pane("axial").window == (75.0, 125.0)
 
 
 def test_default_window_without_voi():
@@ -160,13 +159,13 @@ def test_default_window_without_voi():
     airport = default_window(Vol(), "airport", None)
     assert airport.center - airport.width / 2 == 0  # MHU: air is 0, the range starts there
     clinic = default_window(Vol(), "clinic", None)
-    assert (clinic.center, clinic.width) == (40, 400)
+    assert (clinic.center, clinic.width) == (1040, 400)  # soft tissue, 40 HU = 1040 MHU
     Vol.modality, Vol.rescale_type = "DX", ""
     image = np.linspace(0, 1000, 10000, dtype=np.float32).reshape(100, 100)
     dx = default_window(Vol(), "clinic", image)
     assert 0 <= dx.center - dx.width / 2 < 20 and 980 < dx.center + dx.width / 2 <= 1000
     assert auto_window(None).width > 0
-    assert len(window_presets("airport", "HU")) == 4
+    assert len(window_presets("airport", "HU")) == 5
 
 
 def test_switching_series_drops_stale_work(qtbot, viewer, ct_files):
