@@ -1,3 +1,4 @@
 from station.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # guarded: child processes may import this module
+    raise SystemExit(main())

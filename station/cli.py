@@ -62,7 +62,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from station.net.receiver import Receiver, ReceiverStartError
 
     settings = _settings(args)
+    events_out = None
     stop = threading.Event()
+    if args.receiver_json:  # from the GUI's ReceiverProcess: its (validated) settings
+        from station.net.receiver_process import receiver_settings_from_json
+
+        settings.receiver = receiver_settings_from_json(args.receiver_json, settings.receiver)
+    if args.events_stdout:
+        from station.net.receiver_process import EventPipeWriter, watch_parent
+
+        events_out = EventPipeWriter(sys.stdout.buffer)
+        watch_parent(stop)
 
     def on_signal(signum: int, _frame: Any) -> None:
         LOGGER.info("signal %d: stopping", signum)
@@ -70,6 +80,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    say = (lambda text: print(text, file=sys.stderr, flush=True)) if events_out else (
+        lambda text: print(text, flush=True))
     store = Store(settings.store.path)
     bus = EventBus()
 
@@ -80,23 +92,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
             LOGGER.warning("%s (%s): %s", event.calling_aet, event.peer, event.message)
 
     bus.subscribe(log_event)
+    if events_out is not None:
+        bus.subscribe(events_out)
     receiver = Receiver(store, bus, settings.receiver)
     try:
         receiver.start()
     except ReceiverStartError as exc:
         print(f"station serve: {exc}", file=sys.stderr)
         store.close()
+        if events_out is not None:
+            events_out.close()
         return 2
     # Tests and scripts wait for this line; keep its shape.
-    print(f"listening on {settings.receiver.host}:{receiver.port} as {receiver.aet} store {store.root}", flush=True)
+    say(f"listening on {settings.receiver.host}:{receiver.port} as {receiver.aet} store {store.root}")
     try:
         while not stop.wait(0.5):
-            pass
+            if events_out is not None and events_out.broken.is_set():
+                break  # nobody reads our events any more: the GUI is gone
     finally:
         receiver.stop()
         store.close()
-        print(f"stopped after {receiver.instances_received} instances", flush=True)
+        if events_out is not None:
+            events_out.close()
+        say(f"stopped after {receiver.instances_received} instances")
     return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from station.net.simulator import simulate_main
+
+    settings = _settings(args)
+    sim = settings.simulator
+    for key in ("interval", "slices", "size", "threats", "dicos_every"):
+        value = getattr(args, key)
+        if value is not None:
+            setattr(sim, "interval_s" if key == "interval" else key, value)
+    return simulate_main(args.host, args.port, args.aec, sim)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -298,7 +329,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--host")
     p.add_argument("--aet")
+    # Internal, used by the GUI's ReceiverProcess: events on stdout, settings as JSON.
+    p.add_argument("--events-stdout", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--receiver-json", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("simulate", parents=[common], help="play a CT scanner sending synthetic bags")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--aec", default="STATION", help="the receiver's AE title")
+    p.add_argument("--interval", type=float, help="seconds between bags")
+    p.add_argument("--slices", type=int)
+    p.add_argument("--size", type=int)
+    p.add_argument("--threats", type=int)
+    p.add_argument("--dicos-every", type=int, dest="dicos_every")
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("send", parents=[common], help="C-STORE files to a DICOM peer (one association)")
     p.add_argument("host")
@@ -361,11 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_tdr_operator)
 
     p = sub.add_parser("bench", parents=[common], help="benchmarks (JSON with the peer and the ratio)")
-    p.add_argument("what", choices=["receive", "detect"])
+    p.add_argument("what", choices=["receive", "detect", "reliability"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--slices", type=int, default=300)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=120.0, help="reliability: length of the load part")
     p.set_defaults(func=cmd_bench)
     return parser
 
@@ -375,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", 0) or 0
     command = args.command or "gui"
-    _setup_logging(verbose, logging.INFO if command in ("serve", "gui", "demo") else logging.WARNING)
+    _setup_logging(verbose, logging.INFO if command in ("serve", "gui", "demo", "simulate") else logging.WARNING)
     if args.command is None:
         args = parser.parse_args(["gui", *(argv if argv is not None else sys.argv[1:])])
     try:

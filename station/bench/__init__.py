@@ -17,6 +17,10 @@ def run_bench(what: str, *, json_output: bool, args: argparse.Namespace) -> int:
         from station.core.detect import bench_detect
 
         result = bench_detect()
+    elif what == "reliability":
+        from station.bench.reliability import bench_reliability
+
+        result = bench_reliability(seconds=args.seconds)
     else:  # argparse restricts the choices; this guards direct callers
         raise ValueError(f"unknown benchmark {what!r}")
     if json_output:

@@ -333,7 +333,15 @@ def _read_header(source: bytes | BinaryIO, origin: str) -> _Header:
 class Store:
     """Files plus index. Open with ``Store(root)``; close with ``close()``."""
 
-    def __init__(self, root: str | os.PathLike[str], *, durable: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, durable: bool = True, maintenance: bool = True) -> None:
+        """Open (creating if needed) the store at `root`.
+
+        With ``maintenance`` (the default) this process owns the store's upkeep: it
+        removes unacknowledged temp files, reconciles after an unclean stop and rebuilds
+        a lost index. A process that shares the store with its owner (the GUI while a
+        receiver process runs) passes ``maintenance=False``: it must not delete the
+        owner's in-flight spool files or take over its clean-shutdown marker.
+        """
         self.root = Path(root).expanduser().resolve()
         self.objects_dir = self.root / "objects"
         self.tmp_dir = self.root / "tmp"
@@ -348,10 +356,12 @@ class Store:
         self._closed = False
         for d in (self.root, self.objects_dir, self.tmp_dir):
             d.mkdir(parents=True, exist_ok=True)
-        self._remove_stale_temp_files()
-        needs_rebuild = not self.index_path.exists() and any(self.objects_dir.iterdir())
+        self._maintenance = maintenance
+        if maintenance:
+            self._remove_stale_temp_files()
+        needs_rebuild = maintenance and not self.index_path.exists() and any(self.objects_dir.iterdir())
         self._dirty_marker = self.root / ".dirty"
-        was_dirty = self._dirty_marker.exists()
+        was_dirty = maintenance and self._dirty_marker.exists()
         try:
             self._writer = self._connect()
             self._writer.executescript(_SCHEMA)
@@ -371,9 +381,10 @@ class Store:
             self.rebuild_index()
         elif was_dirty:
             self.reconcile()
-        self._dirty_marker.touch()
-        if self._durable:
-            _fsync_dir(self.root)
+        if maintenance:
+            self._dirty_marker.touch()
+            if self._durable:
+                _fsync_dir(self.root)
 
     # -- opening and closing -------------------------------------------------------------
 
@@ -424,6 +435,8 @@ class Store:
                 except sqlite3.Error:  # closing must not mask the reason we are closing
                     LOGGER.exception("closing index connection")
             self._connections.clear()
+        if not self._maintenance:
+            return
         try:
             self._dirty_marker.unlink(missing_ok=True)
         except OSError as exc:

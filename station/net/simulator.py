@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
+import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -96,3 +98,51 @@ class SimulatedScanner:
             except Exception:  # the demo scanner must keep going whatever one bag does
                 LOGGER.exception("simulated scanner failed on one bag")
             self._stop.wait(self.settings.interval_s)
+
+
+def simulate_main(host: str, port: int, called_aet: str, settings: SimulatorSettings) -> int:
+    """``station simulate``: play a scanner until SIGTERM or Ctrl-C (main thread)."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    scanner = SimulatedScanner(host, port, called_aet, settings)
+    scanner.start()
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        scanner.stop()
+    return 0
+
+
+class SimulatorProcess:
+    """The demo's scanner as a process of its own, so synthesising and sending bags never
+    competes with the GUI for the interpreter. ``start``/``stop`` from the owner thread."""
+
+    def __init__(self, host: str, port: int, called_aet: str, settings: SimulatorSettings) -> None:
+        self.host, self.port, self.called_aet, self.settings = host, port, called_aet, settings
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        from station.net.receiver_process import station_command
+
+        if self._proc is not None:
+            return
+        s = self.settings
+        self._proc = subprocess.Popen(
+            [*station_command("simulate"), "--host", "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host,
+             "--port", str(self.port), "--aec", self.called_aet, "--interval", str(s.interval_s),
+             "--slices", str(s.slices), "--size", str(s.size), "--threats", str(s.threats),
+             "--dicos-every", str(s.dicos_every)],
+            stdin=subprocess.DEVNULL)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -8,10 +8,8 @@ tests and the screenshot tool so they all see the same theme.
 from __future__ import annotations
 
 import logging
-import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import Sequence
 
 import pyqtgraph as pg
@@ -102,37 +100,38 @@ def run_gui(
 ) -> int:
     """Run the station GUI until the window closes; return the exit code. Main thread.
 
-    The receiver starts before the window shows; if it cannot (port in use...), the
-    window still opens and says why in the status bar and a message box. With
-    `simulator`, a simulated scanner sends bags to the receiver from a temp folder that
-    is removed at exit.
+    The receiver runs as a child process (``station.net.receiver_process``) and starts
+    before the window shows; if it cannot (port in use...), the window still opens and
+    says why in the status bar and a message box. With `simulator`, a simulated scanner
+    process sends bags to it. While the receiver process runs it owns the store's upkeep;
+    the GUI opens the store without maintenance.
     """
-    from station.net.receiver import Receiver, ReceiverStartError
-    from station.net.simulator import SimulatedScanner
+    from station.net.receiver import ReceiverStartError
+    from station.net.receiver_process import ReceiverProcess
+    from station.net.simulator import SimulatorProcess
 
     app = make_app(argv)
-    store = Store(settings.store.path)
     bus = EventBus()
     bridge = EventBridge(bus)
-    rx: Receiver | None = None
-    sim: SimulatedScanner | None = None
-    sim_dir: str | None = None
+    rx: ReceiverProcess | None = None
+    sim: SimulatorProcess | None = None
+    store: Store | None = None
     start_error = ""
     try:
         if receiver:
-            rx = Receiver(store, bus, settings.receiver)
+            rx = ReceiverProcess(settings.store.path, bus, settings.receiver)
             try:
                 rx.start()
             except ReceiverStartError as exc:
                 start_error = str(exc)
                 LOGGER.error("receiver not started: %s", exc)
+        store = Store(settings.store.path, maintenance=rx is None or not rx.is_running)
         window = MainWindow(store, bridge, settings, receiver=rx)
         if operator:
             window.set_operator(operator)
         if simulator:
             if rx is not None and rx.is_running:
-                sim_dir = tempfile.mkdtemp(prefix="station-sim-")
-                sim = SimulatedScanner(rx.host, rx.port, rx.aet, settings.simulator, sim_dir)
+                sim = SimulatorProcess(rx.host, rx.port, rx.aet, settings.simulator)
                 sim.start()
             else:
                 LOGGER.warning("simulator not started: it needs a running receiver")
@@ -156,9 +155,8 @@ def run_gui(
         if rx is not None:
             rx.stop()
         bridge.close()
-        store.close()
-        if sim_dir is not None:
-            shutil.rmtree(sim_dir, ignore_errors=True)
+        if store is not None:
+            store.close()
 
 
 def _install_sigint(app: QApplication):
