@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_tdr_operator)
 
     p = sub.add_parser("bench", parents=[common], help="benchmarks (JSON with the peer and the ratio)")
-    p.add_argument("what", choices=["receive", "detect", "reliability"])
+    p.add_argument("what", choices=["receive", "detect", "reliability", "view"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--slices", type=int, default=300)
     p.add_argument("--size", type=int, default=512)

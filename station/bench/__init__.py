@@ -21,6 +21,10 @@ def run_bench(what: str, *, json_output: bool, args: argparse.Namespace) -> int:
         from station.bench.reliability import bench_reliability
 
         result = bench_reliability(seconds=args.seconds)
+    elif what == "view":
+        from station.bench.view import bench_view
+
+        result = bench_view(slices=args.slices, size=args.size, rounds=args.repeat)
     else:  # argparse restricts the choices; this guards direct callers
         raise ValueError(f"unknown benchmark {what!r}")
     if json_output:

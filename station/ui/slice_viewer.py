@@ -450,6 +450,7 @@ class SliceViewer(QWidget):
         self._classifying = False
         self._ranged: dict[str, tuple[float, float, float, float]] = {}
         self._user_zoomed: set[str] = set()
+        self._spacing_cache: tuple[tuple[SliceInfo, ...], tuple[float, float, float]] | None = None
         self._current_generation = _Generation()
         # One thread each: SeriesVolume takes one writer, and files go in as they arrived;
         # the compute jobs share one core of a two-core machine with the GUI. Idle threads
@@ -722,7 +723,7 @@ class SliceViewer(QWidget):
         k = max(0, min(int(k), n - 1))
         if k == self._index and self._graphics.has_image():
             return
-        self._show(k, self._slices[k])
+        self._show(k, self._slices[k], refresh=False)
         self._after_cursor_move(z_changed=True)
 
     def scroll(self, delta: int) -> None:
@@ -748,7 +749,7 @@ class SliceViewer(QWidget):
         if z is not None:
             k = max(0, min(int(z), len(self._slices) - 1))
             if k != self._index:
-                self._show(k, self._slices[k])
+                self._show(k, self._slices[k], refresh=False)
                 z_changed = True
         if moved_y:
             self._refresh_plane("coronal")
@@ -1037,10 +1038,16 @@ class SliceViewer(QWidget):
         return len(self._slices), rows, cols
 
     def _spacing(self) -> tuple[float, float, float]:
+        """(z, y, x) spacing; cached per snapshot (the volume takes a median each time)."""
         vol = self._volume
-        return vol.spacing_mm if vol is not None else (1.0, 1.0, 1.0)
+        if vol is None:
+            return (1.0, 1.0, 1.0)
+        cached = self._spacing_cache
+        if cached is None or cached[0] is not self._slices:
+            cached = self._spacing_cache = (self._slices, vol.spacing_mm)
+        return cached[1]
 
-    def _show(self, k: int, info: SliceInfo) -> None:
+    def _show(self, k: int, info: SliceInfo, *, refresh: bool = True) -> None:
         """Put axial slice k on screen: straight from the volume (a memory-map view, no
         copy) or the store, with the rescale folded into the levels; or a slab."""
         vol = self._volume
@@ -1078,8 +1085,9 @@ class SliceViewer(QWidget):
             self._slider.blockSignals(True)
             self._slider.setValue(k)
             self._slider.blockSignals(False)
-        self._refresh_annotations("axial")
-        self._update_overlay()
+        if refresh:  # else the caller refreshes everything it moved at once
+            self._refresh_annotations("axial")
+            self._update_overlay()
         self.sliceChanged.emit(k)
 
     def _init_cursor(self, first: np.ndarray) -> None:
@@ -1316,8 +1324,7 @@ class SliceViewer(QWidget):
 
     def _after_cursor_move(self, *, z_changed: bool) -> None:
         self._refresh_annotations()
-        if z_changed or len(self.visible_panes) > 1:
-            self._update_overlay()
+        self._update_overlay()
         self.crosshairChanged.emit(self._cursor[0], self._cursor[1], max(self._index, 0))
 
     def _refresh_annotations(self, only: str | None = None) -> None:
