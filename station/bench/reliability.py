@@ -121,7 +121,11 @@ def hostile_part(work: Path, rounds: int = 4) -> dict[str, Any]:
         socks = []
         for _ in range(rounds):
             for payload in HOSTILE_PAYLOADS.values():
-                s = socket.create_connection(("127.0.0.1", port))
+                # From another loopback address: a hostile host is not the scanner's host,
+                # and per-address limits must not make the scanner pay for it.
+                s = socket.socket()
+                s.bind(("127.0.0.2", 0))
+                s.connect(("127.0.0.1", port))
                 if payload:
                     s.sendall(payload)
                 s.settimeout(0.1)

@@ -188,6 +188,11 @@ def _dul_run_reactor(self: Any) -> None:
         wake = getattr(self.assoc, "_station_wake", None)
         if wake is not None:
             wake.set()
+        if self.assoc.is_acceptor and not self.assoc.is_established:
+            # The connection ended before an association was made. pynetdicom's acceptor
+            # thread would wait out the whole ACSE timeout for a request that can no
+            # longer come (holding an association slot); None is what it gets on time-out.
+            self.to_user_queue.put(None)
         for s in (getattr(self, "_station_wake_r", None), getattr(self, "_station_wake_w", None)):
             if s is not None:
                 s.close()

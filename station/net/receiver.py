@@ -40,6 +40,10 @@ from station.net.sopclasses import register_dicos_sop_classes
 
 LOGGER = logging.getLogger(__name__)
 
+# Connections from one address beyond this multiple of max_associations_per_peer are
+# closed on connect, before any request is read.
+FLOOD_FACTOR = 2
+
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
@@ -241,9 +245,17 @@ class Receiver:
         with self._lock:
             self._open += 1
             count = self._open
-            self._per_peer[event.address[0]] = self._per_peer.get(event.address[0], 0) + 1
+            from_peer = self._per_peer.get(event.address[0], 0) + 1
+            self._per_peer[event.address[0]] = from_peer
         peer = f"{event.address[0]}:{event.address[1]}"
         self.bus.publish(AssociationOpened(peer, "", count))
+        if from_peer > FLOOD_FACTOR * self.settings.max_associations_per_peer:
+            # A flood of connections from one address (far beyond what an association
+            # request could be rejected for in time): close at once rather than let each
+            # hold a thread until its ACSE timeout.
+            LOGGER.warning("%s: %d connections open from this address; closing this one", peer, from_peer)
+            self._error(peer, "", f"too many connections from {event.address[0]} ({from_peer}); closed", None)
+            event.assoc.dul.socket.close()
 
     def _on_conn_close(self, event: evt.Event) -> None:
         with self._lock:

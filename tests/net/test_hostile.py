@@ -191,3 +191,30 @@ def test_tls_with_client_certificates(make_receiver, store, tmp_path, dcmtk_env,
     assert ok.returncode == 0, ok.stderr
     assert store.count_instances() == 2
     assert receiver.tls
+
+
+def test_a_connection_flood_from_one_address_does_not_lock_out_scanners(make_receiver, store, tmp_path, dcmtk_env):
+    """Forty silent connections from 127.0.0.2: all but a few are closed at once, and a
+    scanner on 127.0.0.1 is served meanwhile."""
+    receiver, _ = make_receiver(max_associations_per_peer=3, max_associations=12)
+    flood = []
+    try:
+        for _ in range(40):
+            s = socket.socket()
+            s.bind(("127.0.0.2", 0))
+            s.connect(("127.0.0.1", receiver.port))
+            flood.append(s)
+        closed = sum(1 for s in flood if wait_closed(s, 0.5) is not None)
+        assert closed >= 40 - 2 * 3
+        files = make_ct_files(tmp_path, n=3)
+        out = subprocess.run(["storescu", "-R", "-aec", "STATION", "127.0.0.1", str(receiver.port), *map(str, files)],
+                             env=dcmtk_env, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert store.count_instances() == 3
+    finally:
+        for s in flood:
+            s.close()
+    deadline = time.monotonic() + 10
+    while receiver.open_associations and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert receiver.open_associations == 0
