@@ -19,7 +19,8 @@ test: system-deps venv
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
 
 bench: system-deps venv
-	QT_QPA_PLATFORM=offscreen $(BIN)/station bench receive --json
+	@for b in receive detect view reliability; do \
+	  QT_QPA_PLATFORM=offscreen $(BIN)/station bench $$b --json | tail -n 1 || exit 1; done
 
 lint: venv
 	$(BIN)/lint-imports
