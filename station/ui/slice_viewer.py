@@ -473,9 +473,16 @@ class SliceViewer(QWidget):
         self.first_slice_latency_s: float | None = None
         self._opened_at = 0.0
 
+        self._grid_host = QWidget()
+        self._grid_host.setObjectName("PaneGrid")
+        self._grid = QGridLayout(self._grid_host)
+        self._grid.setContentsMargins(0, 0, 0, 0)
+        self._grid.setSpacing(3)
         self.panes: dict[str, ViewPane] = {}
         for name in _PANE_ORDER:
             pane = ViewPane(name, invert_y=_inverted(name, mode))
+            pane.setParent(self._grid_host)
+            pane.hide()
             pane.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
             pane.view.sigWheel.connect(functools.partial(self._on_wheel_steps, name))
             pane.view.sigWindowDrag.connect(functools.partial(self._on_window_drag, name))
@@ -488,12 +495,6 @@ class SliceViewer(QWidget):
         self._graphics = self.panes["axial"]
         self._view = self._graphics.view
         self._item = self._graphics.item
-
-        self._grid_host = QWidget()
-        self._grid_host.setObjectName("PaneGrid")
-        self._grid = QGridLayout(self._grid_host)
-        self._grid.setContentsMargins(0, 0, 0, 0)
-        self._grid.setSpacing(3)
 
         self._slider = QSlider(Qt.Orientation.Horizontal)
         self._slider.setObjectName("SliceSlider")
@@ -832,7 +833,8 @@ class SliceViewer(QWidget):
             return
         self._threat_cursor = (self._threat_cursor + 1) % len(self._threats)
         x, y, z = self._threats[self._threat_cursor].center
-        self.set_crosshair(round(x), round(y), round(z))
+        # Half-way centres (even extents) round up, the same way on every axis.
+        self.set_crosshair(math.floor(x + 0.5), math.floor(y + 0.5), math.floor(z + 0.5))
 
     def shutdown(self) -> None:
         """Cancel header reading and computing, and wait for both pools to be idle. Safe
@@ -1294,9 +1296,8 @@ class SliceViewer(QWidget):
         """Put the visible panes in the grid; hide the others."""
         visible = self.visible_panes
         layout = "single" if self.planar else self._layout
-        for name, pane in self.panes.items():
+        for pane in self.panes.values():
             self._grid.removeWidget(pane)
-            pane.setVisible(name in visible)
         for c in range(3):
             self._grid.setColumnStretch(c, 0)
         for r in range(2):
@@ -1306,6 +1307,8 @@ class SliceViewer(QWidget):
             self._grid.addWidget(self.panes[name], row, col)
             self._grid.setColumnStretch(col, 1)
             self._grid.setRowStretch(row, 1)
+        for name, pane in self.panes.items():  # after adding: reparenting hides a widget
+            pane.setVisible(name in visible)
         multi = len(visible) > 1
         for name, pane in self.panes.items():
             pane.show_active = multi
