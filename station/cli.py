@@ -103,6 +103,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if events_out is not None:
             events_out.close()
         return 2
+    detection = None
+    if settings.detect.enabled:
+        from station.core.detection_service import DetectionService
+
+        detection = DetectionService(store, bus, quiet_s=settings.detect.quiet_time_s)
+        detection.start()
     # Tests and scripts wait for this line; keep its shape.
     say(f"listening on {settings.receiver.host}:{receiver.port} as {receiver.aet} store {store.root}")
     try:
@@ -111,6 +117,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 break  # nobody reads our events any more: the GUI is gone
     finally:
         receiver.stop()
+        if detection is not None:
+            detection.stop()
         store.close()
         if events_out is not None:
             events_out.close()
@@ -288,6 +296,12 @@ def cmd_tdr_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from station.net.remote_series import fetch_command
+
+    return fetch_command(args)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from station.bench import run_bench
 
@@ -405,8 +419,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, metavar="FILE")
     q.set_defaults(func=cmd_tdr_operator)
 
+    p = sub.add_parser("fetch", parents=[common], help="pull a remote series over DICOMweb (frames on demand, cached)")
+    p.add_argument("--dicomweb", metavar="URL", help="DICOMweb base URL (or --remote NAME from [[remotes]])")
+    p.add_argument("--remote", metavar="NAME", help="a configured remote (auth, CA bundle, timeout)")
+    p.add_argument("--study", required=True, metavar="UID")
+    p.add_argument("--series", required=True, metavar="UID")
+    p.add_argument("--npy", metavar="OUT.npy", help="write the volume (z, y, x), rescale applied, ascending")
+    p.add_argument("--out", metavar="DIR", help="write the stored instances (WADO-RS) to DIR")
+    p.add_argument("--auth", choices=["none", "basic", "bearer"], default="none")
+    p.add_argument("--user", default="", help="user name for --auth basic")
+    p.add_argument("--password-env", default="", metavar="VAR", help="environment variable holding the password")
+    p.add_argument("--token-env", default="", metavar="VAR", help="environment variable holding the bearer token")
+    p.add_argument("--ca-bundle", metavar="FILE", help="CA bundle for HTTPS")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--workers", type=int, default=2, help="concurrent requests")
+    p.add_argument("--cache-dir", metavar="DIR", help="frame cache (default: the user cache dir)")
+    p.add_argument("--no-cache", action="store_true", help="memory cache only")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fetch)
+
     p = sub.add_parser("bench", parents=[common], help="benchmarks (JSON with the peer and the ratio)")
-    p.add_argument("what", choices=["receive", "detect", "reliability", "view"])
+    p.add_argument("what", choices=["receive", "detect", "reliability", "view", "frames"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--slices", type=int, default=300)
     p.add_argument("--size", type=int, default=512)
@@ -417,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import multiprocessing
+
+    multiprocessing.freeze_support()  # spawned detector workers in a frozen build
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", 0) or 0

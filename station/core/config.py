@@ -94,11 +94,18 @@ class SimulatorSettings:
 
 
 @dataclass
+class DetectSettings:
+    enabled: bool = True  # run the built-in detector on every CT scan that arrives
+    quiet_time_s: float = 2.0  # a classic series is complete after this long without a slice
+
+
+@dataclass
 class Settings:
     receiver: ReceiverSettings = field(default_factory=ReceiverSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     ui: UiSettings = field(default_factory=UiSettings)
     simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
+    detect: DetectSettings = field(default_factory=DetectSettings)
     source: Path | None = None  # the file these settings came from, if any
 
 

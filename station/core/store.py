@@ -149,6 +149,7 @@ class InstanceRow:
     path: Path
     bytes: int
     transfer_syntax: str
+    received_at: float = 0.0
 
 
 def uid_token(uid: str) -> str:
@@ -757,6 +758,21 @@ class Store:
         return [
             InstanceRow(r[0], r[1], r[2], r[3], r[4], self.root / r[5], r[6], r[7]) for r in rows
         ]
+
+    def instances_of_class(self, sop_class_uid: str) -> list[InstanceRow]:
+        """Every instance of one SOP class (e.g. all TDRs), oldest first."""
+        rows = self._reader().execute(
+            "SELECT sop_instance_uid, series_uid, sop_class_uid, instance_number, frames, path, bytes,"
+            " transfer_syntax, received_at FROM instances WHERE sop_class_uid=? ORDER BY received_at",
+            (sop_class_uid,),
+        ).fetchall()
+        return [InstanceRow(r[0], r[1], r[2], r[3], r[4], self.root / r[5], r[6], r[7], r[8]) for r in rows]
+
+    def series_of_instance(self, sop_instance_uid: str) -> str | None:
+        """The series an instance belongs to, if it is in the store."""
+        row = self._reader().execute(
+            "SELECT series_uid FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,)).fetchone()
+        return row[0] if row else None
 
     def count_instances(self) -> int:
         return int(self._reader().execute("SELECT count(*) FROM instances").fetchone()[0])

@@ -7,6 +7,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +55,28 @@ def test_bag_sent_by_storescu_is_stored_whole_and_in_order(tmp_path, free_port, 
     try:
         out = storescu(dcmtk_env, free_port, tmp_path / "bag")
         assert out.returncode == 0, out.stderr
+        # The station's detector examines the scan once it is complete and stores a TDR.
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not any(
+                r["modality"] == "TDR" for r in store_ls(tmp_path / "store")):
+            time.sleep(0.25)
     finally:
         code, stdout, _ = stop_serve(proc)
     assert code == 0
     assert "stopped after" in stdout
-    (series,) = store_ls(tmp_path / "store")
+    listing = store_ls(tmp_path / "store")
+    (series,) = [r for r in listing if r["modality"] == "CT"]
+    (report,) = [r for r in listing if r["modality"] == "TDR"]
+    assert report["study_uid"] == series["study_uid"]
+    (tdr_file,) = [p for p in (tmp_path / "store" / "objects").rglob("*.dcm")
+                   if pydicom.dcmread(p, stop_before_pixels=True).Modality == "TDR"]
+    from station.core.dicos import read_tdr
+
+    tdr = read_tdr(tdr_file)
+    assert tdr.tdr_type == "MACHINE" and tdr.alarm_decision == "ALARM"
+    (pto,) = tdr.ptos
+    (threat,) = bag.threats
+    assert [round(v) for v in pto.base] == list(threat.base_xyz)
     assert series["instances"] == (1 if dicos else 24)
     assert series["modality"] == "CT"
     assert series["sop_class_uid"] == ("1.2.840.10008.5.1.4.1.1.501.1" if dicos else "1.2.840.10008.5.1.4.1.1.2")
