@@ -25,6 +25,10 @@ def run_bench(what: str, *, json_output: bool, args: argparse.Namespace) -> int:
         from station.bench.view import bench_view
 
         result = bench_view(slices=args.slices, size=args.size, rounds=args.repeat)
+    elif what == "frames":
+        from station.bench.frames import bench_frames
+
+        result = bench_frames(slices=args.slices, size=args.size, repeat=args.repeat)
     else:  # argparse restricts the choices; this guards direct callers
         raise ValueError(f"unknown benchmark {what!r}")
     if json_output:
