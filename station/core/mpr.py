@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,6 +45,17 @@ PROJECTION_MODES = ("mip", "avg")
 VIEW_MIN_FRAMES = 8
 """A memory-mapped file holding at least this many slices is kept as zero-copy views
 (one file descriptor for many slices); smaller files are copied (see the module doc)."""
+
+def default_budget_bytes() -> int:
+    """How many bytes of copied slices one store may hold: 4 GiB, or a third of the
+    machine's memory if that is less. A multi-GB scan of one-file-per-slice images must
+    not exhaust the machine; beyond the budget its reslices show what fitted."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        physical = 12 * 1024**3
+    return int(min(4 * 1024**3, physical // 3))
+
 
 PROJECTION_MAX_DIM = 256
 """Projection input is block-reduced until no in-plane axis exceeds this many voxels:
@@ -139,9 +151,13 @@ class SliceStore:
     of ``volume.slices``.
     """
 
-    def __init__(self, volume: SeriesVolume, *, view_min_frames: int = VIEW_MIN_FRAMES) -> None:
+    def __init__(self, volume: SeriesVolume, *, view_min_frames: int = VIEW_MIN_FRAMES,
+                 max_bytes: int | None = None) -> None:
         self.volume = volume
         self.view_min_frames = view_min_frames
+        self.max_bytes = default_budget_bytes() if max_bytes is None else max_bytes
+        #: True once a slice was left out because copying it would exceed ``max_bytes``.
+        self.over_budget = False
         self._entries: dict[tuple[str, int], tuple[np.ndarray, float, float]] = {}
         self._lock = threading.Lock()  # one gatherer at a time
         self._cached: tuple[tuple[int, int, int], OrderedSlices, Sequence[SliceInfo]] | None = None
@@ -167,7 +183,9 @@ class SliceStore:
         return self._entries.get(self.key(info))
 
     def complete_for(self, slices: Sequence[SliceInfo]) -> bool:
-        """True when every slice of ``slices`` is held."""
+        """True when every slice of ``slices`` is held, or no more will be (budget)."""
+        if self.over_budget:
+            return True
         return len(self._entries) >= len(slices) and all(self.key(s) in self._entries for s in slices)
 
     def gather(self, should_stop: Callable[[], bool] | None = None) -> int:
@@ -192,6 +210,12 @@ class SliceStore:
                     self.views += 1
                     entry = (values, float(slope), float(intercept))
                 else:
+                    if self.nbytes + values.size * min(values.itemsize, 2) > self.max_bytes:
+                        if not self.over_budget:
+                            LOGGER.warning("reslicing budget of %d MB reached: %d of %d slices held",
+                                           self.max_bytes // 2**20, len(self._entries), len(slices))
+                        self.over_budget = True
+                        break
                     entry = _compact(values, float(slope), float(intercept))
                     self.nbytes += entry[0].nbytes
                 self._entries[key] = entry
@@ -328,6 +352,27 @@ class SliceStore:
             return None
         return float(a[y, x]) * float(o.slopes[z]) + float(o.intercepts[z])
 
+    def content_box(self, slices: Sequence[SliceInfo], threshold: float) -> tuple[int, int, int, int] | None:
+        """(row0, row1, col0, col1), exclusive ends, of the voxels above ``threshold``
+        (modality units) in any held slice, from a sample of slices and pixels: where
+        the bag or the patient is, so a view can fit it. None when nothing is above."""
+        o = self.ordered(slices)
+        held = [i for i, a in enumerate(o.arrays) if a is not None]
+        if not held:
+            return None
+        rows, cols = o.arrays[held[0]].shape
+        step = max(1, max(rows, cols) // 128)
+        seen = np.zeros(((rows + step - 1) // step, (cols + step - 1) // step), dtype=bool)
+        for i in held[:: max(1, len(held) // 32)]:
+            slope, intercept = float(o.slopes[i]), float(o.intercepts[i])
+            sample = np.asarray(o.arrays[i][::step, ::step], dtype=np.float32)
+            seen |= sample * slope + intercept > threshold
+        r = np.flatnonzero(seen.any(axis=1))
+        c = np.flatnonzero(seen.any(axis=0))
+        if r.size == 0:
+            return None
+        return (int(r[0] * step), min(rows, int((r[-1] + 1) * step)), int(c[0] * step), min(cols, int((c[-1] + 1) * step)))
+
     # ------------------------------------------------------------------ projection input
 
     def downsampled(self, slices: Sequence[SliceInfo], *,
@@ -436,8 +481,10 @@ class ProjectionImage:
 class Projector:
     """Maximum-intensity or mean projections of a volume turned about its vertical axis.
 
-    Angle 0 looks along +z (the image is (y, x), like the axial view); 90 degrees looks
-    along x (the image is (y, z)). Each angle is a shear-warp with nearest-bin splatting:
+    The volume is (depth, vertical, x) and turns about its vertical (middle) axis. For a
+    (z, y, x) bag, angle 0 looks along +z (the image is (y, x), like the axial view) and
+    90 degrees along x (the image is (y, z)); give it a (y, z, x) transpose to turn a
+    patient about the long axis instead. Each angle is a shear-warp with nearest-bin splatting:
     for |cos| >= |sin| every z-plane is added to the output shifted by a whole number of
     bins (bin width |cos| * dx, so each x-voxel steps exactly one bin), otherwise every
     x-plane, shifted along z. That touches each voxel once, on contiguous planes, with no

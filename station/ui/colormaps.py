@@ -59,7 +59,7 @@ def material_lut(*, inverted: bool = False) -> np.ndarray:
     rows = np.empty((5, 256), dtype=np.uint32)
     # An inverted (radiograph) background is mostly empty belt: light gray rather than
     # white, which would glare at the analyst from half the screen for a whole shift.
-    gray = level * (215 if inverted else 255)
+    gray = level * (175 if inverted else 255)
     rows[0] = pack_argb(gray, gray, gray)
     brightness = 0.12 + 0.88 * np.clip(level / 0.8, 0, 1)
     whiten = np.clip((level - 0.8) / 0.2, 0, 1) * 0.45

@@ -5,6 +5,11 @@ store with a few synthetic bags (written by ``station.core.synth`` and imported 
 ``Store.import_paths``), opens the main window offscreen at 1600x1000, selects a scan,
 scrolls to a middle slice (through a planted threat when there is one) and saves the
 window. Nothing outside a temp folder is touched.
+
+``--viewer LAYOUT`` (single, mpr, quad) shows the slice viewer the way an analyst works
+in it: airport mode opens a bag with planted threats outlined as a machine (ATR) and an
+operator box, the crosshair on the first threat, material colours; clinic mode opens a
+synthetic torso phantom in HU (``station.core.phantom``) with the soft-tissue window.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=120)
     parser.add_argument("--width", type=int, default=1600)
     parser.add_argument("--height", type=int, default=1000)
+    parser.add_argument("--viewer", choices=("single", "mpr", "quad"),
+                        help="the viewer in this layout, with threats (airport) or a phantom (clinic)")
+    parser.add_argument("--list-width", type=int, default=None, help="width of the scan list (pixels)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -66,8 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         settings.ui.mode = args.mode
         store = Store(settings.store.path, durable=False)
         target_uid, target_slice = None, args.slices // 2
+        target_truth: list = []
         viewed: list[str] = []
-        for seed, threats, dicos in _BAGS:
+        if args.viewer and args.mode == "clinic":
+            target_uid = _import_phantoms(store, root, args)
+            bags: list = []
+        else:
+            bags = _BAGS
+        for seed, threats, dicos in bags:
             bag = synth.make_bag_volume(size=args.size, slices=args.slices, threats=threats, seed=seed)
             patient = f"MRN-{40210 + seed}" if args.mode == "clinic" else None
             files = synth.write_ct_series(bag, root / f"bag{seed}", dicos=dicos, seed=seed, patient_id=patient)
@@ -78,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 viewed.append(stored[0].series_uid)
             if seed == _SHOW and stored:
                 target_uid = stored[0].series_uid
+                target_truth = bag.threats
                 if bag.threats:
                     target_slice = int(round(bag.threats[0].center_xyz[2]))
             time.sleep(0.02)  # distinct arrival times, as from a belt
@@ -94,10 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         if target_uid is None:
             print("no scan was imported", file=sys.stderr)
             return 1
+        if args.list_width:
+            splitter = window.centralWidget()
+            splitter.setSizes([args.list_width, args.width - args.list_width])
         window.select_series(target_uid)
         viewer = window.viewer
         _wait(app, lambda: viewer.volume is not None and not viewer.is_busy() and viewer.current_index >= 0, 30)
         viewer.set_index(target_slice)
+        if args.viewer:
+            _stage_viewer(app, viewer, args, target_truth)
         viewer.setFocus()
         _wait(app, lambda: False, 0.3)  # let the bridge flush and the window settle
         image = window.grab()
@@ -110,6 +130,45 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
     print(args.out)
     return 0
+
+
+def _import_phantoms(store, root: Path, args) -> str | None:
+    """Clinic mode: a few synthetic torso studies in the store; returns the one to show."""
+    from station.core.phantom import write_torso
+
+    show = None
+    for n, seed in enumerate((3, 4, 5)):
+        files = write_torso(root / f"torso{seed}", size=args.size, slices=args.slices, seed=seed,
+                            patient_id=f"MRN-{40210 + seed}", patient_name=f"Phantom^{'ABC'[n]}")
+        stored, errors = store.import_paths(files)
+        for message in errors:
+            LOGGER.warning("import: %s", message)
+        if stored and seed == 4:
+            show = stored[0].series_uid
+        time.sleep(0.02)
+    return show
+
+
+def _stage_viewer(app, viewer, args, threats) -> None:
+    """Put the viewer in the state of an analyst at work (see the module docstring)."""
+    viewer.set_layout(args.viewer)
+    if args.mode == "airport" and threats:
+        boxes = [{"base": t.base_xyz, "extent": t.extent_xyz, "label": f"{t.category.title()} 0.93",
+                  "source": "machine", "flag": "HIGH_THREAT"} for t in threats[:1]]
+        for t in threats[1:]:
+            boxes.append({"base": t.base_xyz, "extent": t.extent_xyz, "label": "Suspect", "source": "operator",
+                          "flag": "THREAT"})
+        viewer.set_threats(boxes)
+        viewer.next_threat()
+        viewer.set_projection(35.0)
+    elif args.mode == "clinic":
+        x, y, z = viewer.crosshair
+        shape = viewer.volume.shape
+        # Through the spine and the lower chest: every plane shows something familiar.
+        viewer.set_crosshair(shape[2] // 2 - shape[2] // 12, int(shape[1] * 0.62), int(shape[0] * 0.62))
+        viewer.set_projection(20.0)
+    _wait(app, lambda: not viewer.is_computing(), 30)
+    _wait(app, lambda: False, 0.3)
 
 
 if __name__ == "__main__":

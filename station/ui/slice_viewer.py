@@ -118,7 +118,15 @@ def plane_axes(pane: str, mode: str) -> tuple[str, str]:
         return ("x", "z")
     if pane == "sagittal":
         return ("z", "y") if mode == "airport" else ("y", "z")
-    return ("u", "y")
+    return ("u", projection_axes(mode)[1])
+
+
+def projection_axes(mode: str) -> tuple[str, str]:
+    """(depth, vertical) of the rotating projection: it turns about the vertical axis and
+    looks along the depth axis at 0 degrees. Airport: about the bag's vertical (y),
+    starting along the belt (z). Clinic: about the patient's long axis (z), starting
+    front to back (y), the usual rotating MIP of a CT."""
+    return ("z", "y") if mode == "airport" else ("y", "z")
 
 
 def _inverted(pane: str, mode: str) -> bool:
@@ -169,6 +177,8 @@ AIRPORT_PRESETS_DX = (
 )
 """Radiograph presets in log attenuation x1000 (the synthetic scanner's units)."""
 
+PRESET_NAMES = frozenset(p.name for p in AIRPORT_PRESETS_MHU)
+
 CLINIC_PRESETS_HU = (
     WindowPreset("Soft tissue", 40, 400),
     WindowPreset("Lung", -600, 1500),
@@ -176,6 +186,7 @@ CLINIC_PRESETS_HU = (
     WindowPreset("Brain", 40, 80),
 )
 """The usual radiology windows in HU (air -1000, water 0); +1000 for data in MHU."""
+PRESET_NAMES = PRESET_NAMES | {p.name for p in CLINIC_PRESETS_HU}
 
 
 def data_units(rescale_type: str, modality: str, mode: str) -> str:
@@ -303,22 +314,23 @@ class _ProjectionMailbox:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.pending: tuple[float, str, tuple[SliceInfo, ...], bool] | None = None
+        self.pending: tuple[float, str, tuple[SliceInfo, ...], bool, str] | None = None
         self.running = False
         self.projector: Projector | None = None
         self.projector_held = -1
+        self.projector_about = ""
         self.built_at = float("-inf")
 
-    def post(self, angle: float, mode: str, slices: tuple[SliceInfo, ...], complete: bool) -> bool:
+    def post(self, angle: float, mode: str, slices: tuple[SliceInfo, ...], complete: bool, about: str) -> bool:
         """GUI thread: leave a request; True when the caller must start a job."""
         with self.lock:
-            self.pending = (angle, mode, slices, complete)
+            self.pending = (angle, mode, slices, complete, about)
             if self.running:
                 return False
             self.running = True
             return True
 
-    def take(self) -> tuple[float, str, tuple[SliceInfo, ...], bool] | None:
+    def take(self) -> tuple[float, str, tuple[SliceInfo, ...], bool, str] | None:
         """Compute thread: the newest request, or None (and the job ends)."""
         with self.lock:
             request, self.pending = self.pending, None
@@ -343,16 +355,22 @@ def _project(generation: int, current: _Generation, store: SliceStore, box: _Pro
             return
         if generation != current.value:
             continue  # drain: a newer viewer state owns the mailbox
-        angle, mode, slices, complete = request
+        angle, mode, slices, complete, about = request
         try:
             held = store.ordered(slices).held
             grown = box.projector_held != held and (complete or time.monotonic() - box.built_at >= PROJECTION_REBUILD_S)
-            if box.projector is None or grown:
+            if box.projector is None or grown or box.projector_about != about:
                 built = store.downsampled(slices, should_stop=lambda: generation != current.value)
                 if built is None:
                     continue
-                box.projector = Projector(built[0], built[1])
+                zyx, (dz, dy, dx) = built
+                if about == "y":
+                    box.projector = Projector(zyx, (dz, dy, dx))
+                else:  # about z: the projector turns about its middle axis
+                    box.projector = Projector(zyx.transpose(1, 0, 2), (dy, dz, dx))
+                del built, zyx
                 box.projector_held = held
+                box.projector_about = about
                 box.built_at = time.monotonic()
             projector = box.projector
             image = projector.project(angle, mode, with_peak=mode == "avg")
@@ -448,7 +466,7 @@ class SliceViewer(QWidget):
         self._errors: list[str] = []
         self._gathering = False
         self._classifying = False
-        self._ranged: dict[str, tuple[float, float, float, float]] = {}
+        self._ranged: dict[str, tuple[Any, ...]] = {}
         self._user_zoomed: set[str] = set()
         self._spacing_cache: tuple[tuple[SliceInfo, ...], tuple[float, float, float]] | None = None
         self._current_generation = _Generation()
@@ -535,6 +553,11 @@ class SliceViewer(QWidget):
     def current_index(self) -> int:
         """Index of the shown axial slice in geometric order, -1 when nothing is shown."""
         return self._index
+
+    @property
+    def slice_count(self) -> int:
+        """How many axial slices the viewer has taken in (may trail the volume briefly)."""
+        return len(self._slices)
 
     @property
     def current_slice(self) -> SliceInfo | None:
@@ -803,7 +826,7 @@ class SliceViewer(QWidget):
             if mode not in ("mip", "avg"):
                 raise ValueError(f"unknown projection mode {mode!r}")
             if mode != self._proj_mode:
-                self._proj_window = None
+                self._proj_window = None  # a mean has another range than a maximum
             self._proj_mode = mode
         self._request_projection()
         self._update_overlay()
@@ -974,6 +997,7 @@ class SliceViewer(QWidget):
             self._mpr_timer.start(0 if self._store.complete_for(self._slices) else MPR_REFRESH_MS)
 
     def _on_mpr_timer(self) -> None:
+        self._auto_range_once("axial")  # the scan's footprint is known better now
         for name in ("coronal", "sagittal"):
             self._refresh_plane(name)
         if self._slab_mode is not None:
@@ -986,7 +1010,8 @@ class SliceViewer(QWidget):
         if "projection" not in self.visible_panes or self._store is None or not self._slices:
             return
         complete = self._store.complete_for(self._slices) and not self.is_busy()
-        if self._mailbox.post(self._proj_angle, self._proj_mode, self._slices, complete):
+        about = projection_axes(self._mode)[1]
+        if self._mailbox.post(self._proj_angle, self._proj_mode, self._slices, complete, about):
             self._compute.start(functools.partial(
                 _project, self._generation, self._current_generation, self._store, self._mailbox, self._emitter))
 
@@ -996,14 +1021,27 @@ class SliceViewer(QWidget):
             return
         self._projection, self._projector = image, projector
         pane = self.panes["projection"]
-        if image.mode == "avg" and self._proj_window is None:
-            self._proj_window = auto_window(image.image)
+        if self._proj_window is None:
+            self._proj_window = self._initial_projection_window(image)
         pane.set_image(image.image, origin=(image.left_mm, 0.0), pixel_mm=(image.row_mm, image.bin_mm))
         self._apply_pane_window("projection")
         self._apply_pane_lut("projection")
         self._auto_range_once("projection")
         self._refresh_annotations("projection")
         self._update_overlay()
+
+    def _initial_projection_window(self, image: ProjectionImage) -> WindowPreset:
+        """The projection keeps its own window: a mean along the ray has another range
+        than a slice, and a clinical MIP (bones, contrast) is read with a bone window
+        rather than the soft-tissue window of the slices."""
+        if image.mode == "avg":
+            return auto_window(image.image)
+        if self._mode == "clinic" and self._volume is not None:
+            bone = [p for p in window_presets("clinic", self._volume.rescale_type, modality=self._volume.modality)
+                    if p.name == "Bone"]
+            if bone:
+                return bone[0]
+        return self._window or auto_window(image.image)
 
     def _maybe_classify(self) -> None:
         if self._classifying or self._classes is not None or self._volume is None or len(self._slices) < 2:
@@ -1154,15 +1192,17 @@ class SliceViewer(QWidget):
         return {"x": self._cursor[0], "y": self._cursor[1], "z": max(self._index, 0)}[axis]
 
     def _auto_range_once(self, name: str) -> None:
-        """Fit the image to the pane when it first shows and whenever its extent changes
-        (a scan growing), until the analyst zooms or pans that pane."""
+        """Fit the image to the pane when it first shows and whenever its extent or its
+        filled part changes (a scan growing: rows of slices not gathered yet are empty),
+        until the analyst zooms or pans that pane."""
         pane = self.panes[name]
-        rect = pane._rect
-        if rect is None or name in self._user_zoomed:
+        if pane._rect is None or name in self._user_zoomed:
             return
-        if self._ranged.get(name) == rect or (name == "projection" and name in self._ranged):
+        held = self._store.ordered(self._slices).held if self._store is not None else 0
+        key = (pane._rect, held)
+        if self._ranged.get(name) == key or (name == "projection" and name in self._ranged):
             return
-        self._ranged[name] = rect
+        self._ranged[name] = key
         if name == "projection" and self._projector is not None:
             # One frame for every angle: the bag turns inside it instead of the view
             # jumping to each angle's width. Rows with content do not change with the
@@ -1174,7 +1214,7 @@ class SliceViewer(QWidget):
             top, height = 0.0, ny * dy
             half = math.hypot(nx * dx, nz * dz) / 2
             if units in ("HU", "MHU"):
-                dense = zyx > (100.0 if units == "MHU" else -900.0)
+                dense = zyx > (100.0 if units == "MHU" else -900.0)  # (depth, vertical, x)
                 rows = np.flatnonzero(dense.any(axis=(0, 2)))
                 footprint = dense.any(axis=1)  # (z, x)
                 zs, xs = np.nonzero(footprint)
@@ -1184,7 +1224,7 @@ class SliceViewer(QWidget):
                     corners_z = (np.array([zs.min(), zs.max() + 1]) * dz) - nz * dz / 2
                     half = max(math.hypot(cx, cz) for cx in corners_x for cz in corners_z)
             pane.view.setRange(QRectF(-half, top, 2 * half, height), padding=0.04)
-            self._ranged[name] = (0.0, 0.0, 0.0, 0.0)  # fitted once per series
+            self._ranged[name] = ()  # fitted once per series
             return
         self._fit(name)
 
@@ -1204,7 +1244,15 @@ class SliceViewer(QWidget):
         units = self._units()
         if image is None or units not in ("HU", "MHU"):
             return None
-        threshold = pane.fold(100.0 if units == "MHU" else -900.0)
+        air = 100.0 if units == "MHU" else -900.0
+        if pane.kind == "axial" and self._store is not None and self._store.held:
+            # The whole scan's footprint, not the one slice that happened to show first.
+            box = self._store.content_box(self._slices, air)
+            if box is not None:
+                r0, r1, c0, c1 = box
+                ph, pw = pane.pixel_mm
+                return QRectF(c0 * pw, r0 * ph, (c1 - c0) * pw, (r1 - r0) * ph)
+        threshold = pane.fold(air)
         step = max(1, max(image.shape) // 256)
         sample = np.asarray(image[::step, ::step]) > threshold
         rows = np.flatnonzero(sample.any(axis=1))
@@ -1225,7 +1273,7 @@ class SliceViewer(QWidget):
 
     def _levels(self, name: str = "axial") -> tuple[float, float]:
         w = self._window or WindowPreset("", 0, 1)
-        if name == "projection" and self._proj_mode == "avg" and self._proj_window is not None:
+        if name == "projection" and self._proj_window is not None:
             w = self._proj_window
         return w.center - w.width / 2, w.center + w.width / 2
 
@@ -1345,9 +1393,11 @@ class SliceViewer(QWidget):
             if name == "projection":
                 pane.crosshair = (None, None)
                 if self._projector is not None and self._projection is not None:
+                    depth, vertical = projection_axes(self._mode)
                     u = self._projector.u_of((self._cursor[0] + 0.5) * spacing["x"],
-                                             (self._index + 0.5) * spacing["z"], self._projection.angle_deg)
-                    pane.crosshair = (float(u), (self._cursor[1] + 0.5) * spacing["y"])
+                                             (self._axis_index(depth) + 0.5) * spacing[depth],
+                                             self._projection.angle_deg)
+                    pane.crosshair = (float(u), (self._axis_index(vertical) + 0.5) * spacing[vertical])
             elif name == "axial" and not multi:
                 pane.crosshair = (None, None)  # alone, the lines would only hide the image
             else:
@@ -1387,11 +1437,14 @@ class SliceViewer(QWidget):
         if self._projector is None or self._projection is None:
             return None
         spacing = self._axis_spacing()
-        (x, y, z), (ex, ey, ez) = box.base, box.extent
-        xs = np.array([x, x + ex, x, x + ex]) * spacing["x"]
-        zs = np.array([z, z, z + ez, z + ez]) * spacing["z"]
-        u = self._projector.u_of(xs, zs, self._projection.angle_deg)
-        return Shape(_rect_points(float(u.min()), y * spacing["y"], float(u.max()), (y + ey) * spacing["y"]),
+        depth, vertical = projection_axes(self._mode)
+        x0, x1 = box.interval(AXES["x"])
+        d0, d1 = box.interval(AXES[depth])
+        v0, v1 = box.interval(AXES[vertical])
+        xs = np.array([x0, x1, x0, x1]) * spacing["x"]
+        ds = np.array([d0, d0, d1, d1]) * spacing[depth]
+        u = self._projector.u_of(xs, ds, self._projection.angle_deg)
+        return Shape(_rect_points(float(u.min()), v0 * spacing[vertical], float(u.max()), v1 * spacing[vertical]),
                      label, box.source, box.flag)
 
     def _update_measure_overlay(self, name: str) -> None:
@@ -1504,7 +1557,11 @@ class SliceViewer(QWidget):
             else:
                 where = f"Column {i + 1} / {vol.shape[2]}   x {i * dx:.1f} mm"
             placeholder = "" if pane.has_image() else "Preparing…"
-            pane.set_overlay({"tl": PANE_TITLES[name], "tr": "", "bl": where + slab, "br": hover[name]},
+            budget = ""
+            if self._store is not None and self._store.over_budget:
+                held = self._store.ordered(self._slices).held
+                budget = f"memory budget: {held} of {len(self._slices)} slices"
+            pane.set_overlay({"tl": PANE_TITLES[name], "tr": budget, "bl": where + slab, "br": hover[name]},
                              placeholder=placeholder)
         if "projection" in visible:
             pane = self.panes["projection"]
@@ -1512,7 +1569,7 @@ class SliceViewer(QWidget):
             shown = self._projection
             behind = shown is not None and (abs(shown.angle_deg - self._proj_angle) > 1e-6 or shown.mode != self._proj_mode)
             pw = self._proj_window
-            wl_proj = f"\nW {pw.width:.0f}  L {pw.center:.0f}{units}" if self._proj_mode == "avg" and pw else ""
+            wl_proj = f"\n{pw.name + ' · ' if pw.name in PRESET_NAMES else ''}W {pw.width:.0f}  L {pw.center:.0f}{units}" if pw else ""
             pane.set_overlay({
                 "tl": f"Projection · {mode}",
                 "tr": "turning…" if behind else "",
@@ -1540,10 +1597,10 @@ class SliceViewer(QWidget):
             self._jump_pane(pane, key == Qt.Key.Key_End)
         elif Qt.Key.Key_1 <= key <= Qt.Key.Key_6 and has_image:
             self.userInteracted.emit()
-            self._apply_preset(key - Qt.Key.Key_1)
+            self._apply_preset(key - Qt.Key.Key_1, projection=pane == "projection")
         elif key == Qt.Key.Key_A and has_image:
             values = self.panes[pane].modality_image()
-            if pane == "projection" and self._proj_mode == "avg":
+            if pane == "projection":
                 self._proj_window = auto_window(values)
             else:
                 self._window = auto_window(values)
@@ -1629,17 +1686,26 @@ class SliceViewer(QWidget):
         elif pane == "projection":
             self.set_projection(90.0 if end else 0.0)
 
-    def _apply_preset(self, number: int) -> None:
+    def _apply_preset(self, number: int, *, projection: bool = False) -> None:
+        """Key 1-6: the series window or a preset, for the slices or (when the projection
+        pane is active) for the projection."""
         vol = self._volume
         assert vol is not None
         if number == 0:
+            if projection and self._projection is not None:
+                self._proj_window = self._initial_projection_window(self._projection)
+                self._apply_levels()
+                return
             preset = default_window(vol, self._mode, self._graphics.modality_image())
         else:
             presets = window_presets(self._mode, vol.rescale_type, planar=self.planar, modality=vol.modality)
             if not presets:
                 return
             preset = presets[min(number - 1, len(presets) - 1)]
-        self._window = preset
+        if projection:
+            self._proj_window = preset
+        else:
+            self._window = preset
         self._apply_levels()
 
     def _cycle_colormap(self) -> None:
@@ -1682,7 +1748,7 @@ class SliceViewer(QWidget):
         self.userInteracted.emit()
 
     def _on_window_drag(self, pane: str, dx: float, dy: float) -> None:
-        avg_projection = pane == "projection" and self._proj_mode == "avg"
+        avg_projection = pane == "projection"
         current = self._proj_window if avg_projection else self._window
         if current is None:
             return
@@ -1763,7 +1829,8 @@ class SliceViewer(QWidget):
         vol = self._volume
         assert vol is not None
         if pane == "projection":
-            return f"y {(row + 0.5) * self._projection.row_mm:.1f} mm" if self._projection else ""
+            vertical = projection_axes(self._mode)[1]
+            return f"{vertical} {(row + 0.5) * self._projection.row_mm:.1f} mm" if self._projection else ""
         if self.planar:
             return f"({col}, {row})"
         h, v = plane_axes(pane, self._mode)

@@ -432,39 +432,51 @@ class ViewPane(pg.GraphicsLayoutWidget):
     def _paint_shapes(self, painter: QPainter, t: QTransform) -> None:
         if not self.shapes:
             return
-        painter.setFont(self._small_font)
-        metrics = QFontMetricsF(self._small_font)
-        for shape in self.shapes:
-            poly = QPolygonF([t.map(p) for p in shape.points])
-            # Axis-aligned boxes are crisp without antialiasing, which costs a lot on
-            # dashed lines; only free polygons get it.
-            painter.setRenderHint(QPainter.RenderHint.Antialiasing, len(shape.points) != 4)
+        polys = [QPolygonF([t.map(p) for p in shape.points]) for shape in self.shapes]
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        for shape, poly in zip(self.shapes, polys):
             color = threat_color(shape.source, shape.flag)
             machine = shape.source == "machine"
             shadow = QPen(QColor(0, 0, 0, 160), 4 if not machine else 3)
             pen = QPen(color, 2 if not machine else 1.6)
             if machine:
                 pen.setStyle(Qt.PenStyle.DashLine)
-            painter.setBrush(Qt.BrushStyle.NoBrush)
+            # Axis-aligned boxes are crisp without antialiasing, which costs a lot on
+            # dashed lines; only free polygons get it.
+            painter.setRenderHint(QPainter.RenderHint.Antialiasing, len(shape.points) != 4)
             for p in (shadow, pen):
                 painter.setPen(p)
                 if shape.closed:
                     painter.drawPolygon(poly)
                 else:
                     painter.drawPolyline(poly)
-            if shape.label:
-                bounds = poly.boundingRect()
-                tag = QRectF(0, 0, metrics.horizontalAdvance(shape.label) + 8, metrics.height() + 2)
-                tag.moveBottomLeft(QPointF(bounds.left(), bounds.top() - 2))
-                if tag.top() < 2:  # no room above: inside the top edge
-                    tag.moveTopLeft(QPointF(bounds.left(), bounds.top() + 2))
-                fill = QColor(color)
-                fill.setAlpha(215)
-                painter.setPen(Qt.PenStyle.NoPen)
-                painter.setBrush(QBrush(fill))
-                painter.drawRoundedRect(tag, 3, 3)
-                painter.setPen(QColor("#111315"))
-                painter.drawText(tag, int(Qt.AlignmentFlag.AlignCenter), shape.label)
+        # Labels after every outline, so no outline crosses a label, and never on top of
+        # each other: neighbouring boxes (machine and operator on one object) are common.
+        painter.setFont(self._small_font)
+        metrics = QFontMetricsF(self._small_font)
+        tags: list[QRectF] = []
+        for shape, poly in zip(self.shapes, polys):
+            if not shape.label:
+                continue
+            color = threat_color(shape.source, shape.flag)
+            bounds = poly.boundingRect()
+            tag = QRectF(0, 0, metrics.horizontalAdvance(shape.label) + 8, metrics.height() + 2)
+            tag.moveBottomLeft(QPointF(bounds.left(), bounds.top() - 2))
+            if tag.top() < 2:  # no room above: inside the top edge
+                tag.moveTopLeft(QPointF(bounds.left(), bounds.top() + 2))
+            for _ in range(len(tags)):
+                clash = next((r for r in tags if r.intersects(tag)), None)
+                if clash is None:
+                    break
+                tag.moveTop(clash.bottom() + 1)
+            tags.append(QRectF(tag))
+            fill = QColor(color)
+            fill.setAlpha(215)
+            painter.setPen(Qt.PenStyle.NoPen)
+            painter.setBrush(QBrush(fill))
+            painter.drawRoundedRect(tag, 3, 3)
+            painter.setPen(QColor("#111315"))
+            painter.drawText(tag, int(Qt.AlignmentFlag.AlignCenter), shape.label)
 
     def _paint_ruler(self, painter: QPainter, t: QTransform) -> None:
         if self.ruler is None:

@@ -205,6 +205,17 @@ def test_slices_not_gathered_yet_are_nan_rows(tmp_path, voxels):
     assert store.complete_for(vol.slices)
 
 
+def test_the_store_stays_within_its_memory_budget(tmp_path, voxels):
+    vol = load_volume(write_classic(tmp_path / "ct", voxels))
+    per_slice = voxels[0].nbytes
+    store = SliceStore(vol, max_bytes=3 * per_slice + 1)
+    assert store.gather() == 3
+    assert store.over_budget and store.nbytes == 3 * per_slice
+    assert store.complete_for(vol.slices)  # nothing more will come: do not ask again
+    coronal = store.reslice(vol.slices, "coronal", 0)
+    assert np.isfinite(coronal[:3]).all() and np.isnan(coronal[3:]).all()
+
+
 def test_slab_range_is_centred_and_clipped():
     assert slab_range(5, 1, 10) == (5, 6)
     assert slab_range(5, 3, 10) == (4, 7)
