@@ -36,6 +36,8 @@ from station.core.store import SeriesRow, Store
 
 LOGGER = logging.getLogger(__name__)
 
+REPORT_MODALITIES = frozenset({"TDR"})  # listed elsewhere (alert panel), not as scans
+
 #: A series that got an instance less than this many seconds ago is shown as receiving.
 RECEIVING_S = 3.0
 
@@ -239,7 +241,8 @@ class ScanListModel(QAbstractTableModel):
         """
         del series_uids  # one query returns everything; kept for the slot's signature
         try:
-            rows = self._store.series_list()
+            # Threat detection reports are not scans: they appear in the alert panel.
+            rows = [r for r in self._store.series_list() if r.modality.upper() not in REPORT_MODALITIES]
         except Exception:  # a busy or closing index must not take the GUI down
             LOGGER.exception("cannot read the series list")
             return
