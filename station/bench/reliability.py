@@ -61,7 +61,8 @@ def _start_serve(store: Path, port: int, *extra: str) -> subprocess.Popen[str]:
     return proc
 
 
-def _acknowledged(log: str) -> list[Path]:
+def acknowledged_files(log: str) -> list[Path]:
+    """Files dcmtk storescu -v reports as answered with Success, in order."""
     acked, current = [], None
     for line in log.splitlines():
         m = re.match(r"I: Sending file: (.+)$", line)
@@ -88,7 +89,7 @@ def crash_part(work: Path) -> dict[str, Any]:
         time.sleep(0.01)
     serve.send_signal(signal.SIGKILL)
     serve.communicate(timeout=10)
-    acked = [f for p in scanners for f in _acknowledged(p.communicate(timeout=60)[0])]
+    acked = [f for p in scanners for f in acknowledged_files(p.communicate(timeout=60)[0])]
     with Store(store_dir) as store:
         indexed = {i.sop_instance_uid: i.path for r in store.series_list() for i in store.instances(r.series_uid)}
         leftovers = len(list(store.tmp_dir.iterdir()))

@@ -99,26 +99,17 @@ def peer_of(event: evt.Event) -> tuple[str, str]:
     return f"{requestor.address}:{requestor.port}", str(aet).strip()
 
 
-class Receiver:
-    """Listens for DICOM associations and stores what arrives.
+class ReceiverStatus:
+    """What the status bar shows of a receiver, in-process or not. Read from any thread.
 
-    ``start()`` and ``stop()`` are called from the owner's thread (the GUI thread or the
-    ``station serve`` main thread); the handlers run on pynetdicom's association threads.
+    Subclasses set ``settings`` and keep ``_port``, ``_open``, ``_received``, ``_errors``.
     """
 
-    def __init__(self, store: Store, bus: EventBus, settings: ReceiverSettings) -> None:
-        self.store = store
-        self.bus = bus
-        self.settings = settings
-        self._server: Any = None
-        self._lock = threading.Lock()
-        self._open = 0
-        self._received = 0
-        self._errors = 0
-        self._port = settings.port
-        self._per_peer: dict[str, int] = {}
-
-    # -- state (read from any thread) -------------------------------------------------------
+    settings: ReceiverSettings
+    _port: int
+    _open: int
+    _received: int
+    _errors: int
 
     @property
     def aet(self) -> str:
@@ -144,6 +135,26 @@ class Receiver:
     @property
     def errors(self) -> int:
         return self._errors
+
+
+class Receiver(ReceiverStatus):
+    """Listens for DICOM associations and stores what arrives.
+
+    ``start()`` and ``stop()`` are called from the owner's thread (the GUI thread or the
+    ``station serve`` main thread); the handlers run on pynetdicom's association threads.
+    """
+
+    def __init__(self, store: Store, bus: EventBus, settings: ReceiverSettings) -> None:
+        self.store = store
+        self.bus = bus
+        self.settings = settings
+        self._server: Any = None
+        self._lock = threading.Lock()
+        self._open = 0
+        self._received = 0
+        self._errors = 0
+        self._port = settings.port
+        self._per_peer: dict[str, int] = {}
 
     @property
     def is_running(self) -> bool:

@@ -40,7 +40,7 @@ from station.core.events import (
     ReceiverError,
     ReceiverState,
 )
-from station.net.receiver import ReceiverStartError
+from station.net.receiver import ReceiverStartError, ReceiverStatus
 
 LOGGER = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def station_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "station", *args]
 
 
-class ReceiverProcess:
+class ReceiverProcess(ReceiverStatus):
     """A ``Receiver`` running in a child process; same properties, events on `bus`.
 
     ``start()`` and ``stop()`` are called from the owner's thread (the GUI thread). The
@@ -128,30 +128,6 @@ class ReceiverProcess:
         self._open = 0
         self._received = 0
         self._errors = 0
-
-    @property
-    def aet(self) -> str:
-        return self.settings.aet
-
-    @property
-    def host(self) -> str:
-        return self.settings.host
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def open_associations(self) -> int:
-        return self._open
-
-    @property
-    def instances_received(self) -> int:
-        return self._received
-
-    @property
-    def errors(self) -> int:
-        return self._errors
 
     @property
     def is_running(self) -> bool:
