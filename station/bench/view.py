@@ -31,8 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 LOGGER = logging.getLogger(__name__)
 
 

@@ -140,12 +140,20 @@ _GRID = {
 }
 
 _HELP = (
-    "Scroll: wheel, ↑ ↓, PgUp PgDn, Home End      Zoom: Ctrl+wheel, + −   Pan: Shift+drag   R reset\n"
-    "Window: right drag   1 series   2–6 presets   A auto      Colour: C cycle   I inverse\n"
-    "Layout: L   Active view: V (or point at it)   Crosshair: click / drag, X hide\n"
-    "Slab: S mode   [ ] thickness      Projection: P MIP/average   , . turn (or drag)\n"
-    "Threats: T show/hide   N next      Measure: D ruler   O region   Del clear      H this help"
+    ("Wheel  ↑ ↓  PgUp PgDn  Home End", "scroll the view under the mouse"),
+    ("Click / drag", "move the crosshair; turn the projection"),
+    ("Ctrl+wheel  + −  ·  Shift+drag  ·  R", "zoom · pan · fit again"),
+    ("Right drag", "window (width, level)"),
+    ("1 · 2–6 · A", "series window · presets · auto"),
+    ("C · I", "colour map · inverse"),
+    ("L · V", "layout · next view"),
+    ("S · [ ]", "slab MIP / MinIP / average · thickness"),
+    ("P · , .", "projection MIP / average · turn"),
+    ("T · N", "threat boxes · next threat"),
+    ("D · O · Del", "ruler · region statistics · clear"),
+    ("X · H", "crosshair · this help"),
 )
+"""Key help (H): (keys, what they do), painted as a table over the axial view."""
 
 
 # --------------------------------------------------------------------------- windows
@@ -262,7 +270,7 @@ class _ProgressEmitter(QObject):
     progress = Signal(int, int, int, list)  # generation, files done, slices added, errors
     gathered = Signal(int, int)  # generation, slices held
     projected = Signal(int, object, object)  # generation, ProjectionImage, Projector
-    classified = Signal(int, object, int)  # generation, material classes, index of high image
+    classified = Signal(int, object, object)  # generation, material classes or None, high image
     failed = Signal(int, str)  # generation, message
 
 
@@ -384,21 +392,23 @@ def _project(generation: int, current: _Generation, store: SliceStore, box: _Pro
 
 def _classify(generation: int, current: _Generation, volume: SeriesVolume, slices: tuple[SliceInfo, ...],
               emitter: _ProgressEmitter) -> None:
-    """Compute pool thread: material classes of a dual-energy pair, if the series is one."""
+    """Compute pool thread: material classes of a dual-energy pair, if the series is one.
+    Always answers (classes None when it is not), so the viewer may ask again once more
+    images arrived."""
+    classes, high = None, None
     try:
         pair = material.dual_energy_pair([s.path for s in slices])
-        if pair is None or generation != current.value:
-            return
-        images = []
-        for k in pair:
-            values, slope, intercept = volume.stored_slice(slices[k])
-            images.append(np.asarray(values, dtype=np.float32) * slope + intercept)
-        classes = material.classify_dual_energy(images[0], images[1])
+        if pair is not None and generation == current.value:
+            images = []
+            for k in pair:
+                values, slope, intercept = volume.stored_slice(slices[k])
+                images.append(np.asarray(values, dtype=np.float32) * slope + intercept)
+            classes = material.classify_dual_energy(images[0], images[1])
+            high = slices[pair[0]]
     except (VolumeError, OSError, ValueError) as exc:
         LOGGER.warning("no material colours for this radiograph: %s", exc)
-        return
     if generation == current.value:
-        emitter.classified.emit(generation, classes, pair[0])
+        emitter.classified.emit(generation, classes, high)
 
 
 # --------------------------------------------------------------------------- viewer
@@ -466,6 +476,7 @@ class SliceViewer(QWidget):
         self._errors: list[str] = []
         self._gathering = False
         self._classifying = False
+        self._classified_for = 0  # slice count the last dual-energy check saw
         self._ranged: dict[str, tuple[Any, ...]] = {}
         self._user_zoomed: set[str] = set()
         self._spacing_cache: tuple[tuple[SliceInfo, ...], tuple[float, float, float]] | None = None
@@ -725,6 +736,7 @@ class SliceViewer(QWidget):
         self._last_add = float("-inf")
         self._gathering = False
         self._classifying = False
+        self._classified_for = 0
         self._ranged = {}
         self._user_zoomed = set()
         self._mailbox = _ProjectionMailbox()  # a running job keeps the old one
@@ -889,6 +901,10 @@ class SliceViewer(QWidget):
         """The centred message shown instead of an image ("" while an image shows)."""
         return self._graphics.placeholder
 
+    @property
+    def help_visible(self) -> bool:
+        return self._help
+
     def displayed_values(self, pane: str = "axial") -> np.ndarray | None:
         """Modality values of the image on a pane (float32), None when it shows nothing."""
         return self.panes[pane].modality_image()
@@ -1044,20 +1060,25 @@ class SliceViewer(QWidget):
         return self._window or auto_window(image.image)
 
     def _maybe_classify(self) -> None:
-        if self._classifying or self._classes is not None or self._volume is None or len(self._slices) < 2:
+        if (self._classifying or self._classes is not None or self._volume is None or len(self._slices) < 2
+                or self._classified_for == len(self._slices)):
             return
         self._classifying = True
+        self._classified_for = len(self._slices)
         self._compute.start(functools.partial(
             _classify, self._generation, self._current_generation, self._volume, self._slices, self._emitter))
 
-    def _on_classified(self, generation: int, classes: np.ndarray, high: int) -> None:
-        """Queued slot, GUI thread: the radiograph is a dual-energy pair."""
+    def _on_classified(self, generation: int, classes: np.ndarray | None, high: SliceInfo | None) -> None:
+        """Queued slot, GUI thread: whether (and how) the radiograph is a dual-energy pair."""
         if generation != self._generation:
             return
         self._classifying = False
+        if classes is None or high is None:
+            self._maybe_classify()  # more images may have arrived meanwhile
+            return
         self._classes = classes
-        if self._current is not None and self._index != high and not self._cursor_set:
-            self._show(high, self._slices[high])  # brightness comes from the high image
+        if self._current is not None and self._current is not high and self._track_middle and high in self._slices:
+            self._show(self._slices.index(high), high)  # brightness comes from the high image
         self._apply_lut()
         self._update_overlay()
 
@@ -1541,12 +1562,11 @@ class SliceViewer(QWidget):
             "bl": f"{noun} {self._index + 1} / {n}{where}{slab}",
             "br": "\n".join(t for t in (hover["axial"], f"{wl}  ·  {cmap}" if wl else cmap) if t),
         }
-        if self._help:
-            corners["bl"] = ""
         colors = dict.fromkeys(corners, text)
         if receiving:
             colors["tr"] = ViewPane.ALERT  # amber while the scanner sends: not a whole scan yet
-        axial.set_overlay(corners, colors, _HELP if self._help else "")
+        axial.set_overlay(corners, colors, "")
+        axial.set_help(_HELP if self._help else ())
         i, j = self._cursor
         for name in ("coronal", "sagittal"):
             if name not in visible:

@@ -263,6 +263,7 @@ class ViewPane(pg.GraphicsLayoutWidget):
         self.shapes: list[Shape] = []
         self.ruler: tuple[QPointF, QPointF, str] | None = None
         self.roi: tuple[QRectF, str] | None = None
+        self.help: tuple[tuple[str, str], ...] = ()
 
         # What is on screen, for readouts: values as given, rescale, pixel placement.
         self.values: np.ndarray | None = None
@@ -361,6 +362,12 @@ class ViewPane(pg.GraphicsLayoutWidget):
         self.corners, self.colors, self.placeholder = dict(corners), dict(colors), placeholder
         self.update_overlay()
 
+    def set_help(self, rows: tuple[tuple[str, str], ...]) -> None:
+        """Show (or with no rows, hide) a table of keys over the image."""
+        if tuple(rows) != self.help:
+            self.help = tuple(rows)
+            self.update_overlay()
+
     def update_overlay(self) -> None:
         """Repaint the annotations (after changing crosshair, shapes, ruler or ROI)."""
         self.viewport().update()
@@ -386,9 +393,20 @@ class ViewPane(pg.GraphicsLayoutWidget):
             painter.setPen(self.MUTED)
             painter.drawText(area, int(Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap), self.placeholder)
         painter.setFont(self._overlay_font)
+        areas = dict.fromkeys(self._ALIGN, area)
+        # In a narrow pane, left and right texts of one edge may meet: the right one
+        # then moves clear of the left one (below it at the top, above at the bottom).
+        for left, right, down in (("tl", "tr", True), ("bl", "br", False)):
+            if self.corners.get(left) and self.corners.get(right):
+                a = painter.boundingRect(area, int(self._ALIGN[left]), self.corners[left])
+                b = painter.boundingRect(area, int(self._ALIGN[right]), self.corners[right])
+                if a.adjusted(0, 0, 12, 0).intersects(b):
+                    shift = a.height() + 4
+                    areas[right] = area.adjusted(0, shift, 0, 0) if down else area.adjusted(0, 0, 0, -shift)
         for name, text in self.corners.items():
             if not text:
                 continue
+            area = areas[name]
             flags = int(self._ALIGN[name])
             # A faint plate under the text: legible on light radiograph backgrounds too.
             plate = painter.boundingRect(area, flags, text).adjusted(-5, -2, 5, 2)
@@ -399,12 +417,42 @@ class ViewPane(pg.GraphicsLayoutWidget):
             painter.drawText(area.translated(1, 1), flags, text)
             painter.setPen(self.colors.get(name, self.TEXT))
             painter.drawText(area, flags, text)
+        if self.help:
+            self._paint_help(painter)
         if self.show_active and self.active:
             painter.setRenderHint(QPainter.RenderHint.Antialiasing, False)
             painter.setPen(QPen(ACCENT, 2))
             painter.setBrush(Qt.BrushStyle.NoBrush)
             painter.drawRect(QRectF(self.viewport().rect()).adjusted(1, 1, -1, -1))
         painter.restore()
+
+    def _paint_help(self, painter: QPainter) -> None:
+        """The key table on a dark plate, centred, shrunk to fit a narrow pane."""
+        vp = QRectF(self.viewport().rect()).adjusted(8, 8, -8, -8)
+        font = QFont(self._overlay_font)
+        for _ in range(6):
+            metrics = QFontMetricsF(font)
+            keys_w = max(metrics.horizontalAdvance(k) for k, _ in self.help)
+            text_w = max(metrics.horizontalAdvance(t) for _, t in self.help)
+            line = metrics.height() * 1.35
+            width, height = keys_w + text_w + 48, line * len(self.help) + 24
+            if width <= vp.width() and height <= vp.height() or font.pointSizeF() <= 7.5:
+                break
+            font.setPointSizeF(font.pointSizeF() - 1.0)
+        plate = QRectF(0, 0, width, height)
+        plate.moveCenter(vp.center())
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+        painter.setPen(QPen(QColor(79, 179, 255, 120), 1))
+        painter.setBrush(QColor(22, 24, 28, 235))
+        painter.drawRoundedRect(plate, 6, 6)
+        painter.setFont(font)
+        y = plate.top() + 12
+        for keys, text in self.help:
+            painter.setPen(QColor("#9fd3ff"))
+            painter.drawText(QRectF(plate.left() + 16, y, keys_w, line), int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), keys)
+            painter.setPen(self.TEXT)
+            painter.drawText(QRectF(plate.left() + 32 + keys_w, y, text_w, line), int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), text)
+            y += line
 
     def _paint_crosshair(self, painter: QPainter, t: QTransform) -> None:
         cx, cy = self.crosshair

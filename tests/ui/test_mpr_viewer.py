@@ -402,9 +402,9 @@ def test_layout_and_active_pane_keys(qtbot, viewer):
     qtbot.keyClick(viewer, Qt.Key.Key_Home)
     assert viewer.active_pane == "sagittal" and viewer.crosshair == (0, NY - 1, 5)
     qtbot.keyClick(viewer, Qt.Key.Key_H)
-    assert "Threats: T" in viewer.placeholder_text
+    assert viewer.help_visible and ("T · N", "threat boxes · next threat") in viewer.pane("axial").help
     qtbot.keyClick(viewer, Qt.Key.Key_H)
-    assert viewer.placeholder_text == ""
+    assert not viewer.help_visible and viewer.pane("axial").help == ()
     settle(qtbot, viewer)
 
 
