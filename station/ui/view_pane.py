@@ -103,7 +103,11 @@ class PaneImageItem(pg.ImageItem):
         lut = self._lut32
         if image.dtype in _SIXTEEN_BIT and (lut.ndim == 1 or self._class_image is None):
             table = self._table_for(image.dtype, lo, hi)
-            self._publish(np.take(table, image.view(np.uint16)))
+            # Into the buffer of the previous frame: Qt only reads the QImage while it
+            # paints, and fresh pages for every frame cost more than the lookup itself.
+            # mode="clip" lets take() write in place (every uint16 is a valid index).
+            out = self._argb if self._argb is not None and self._argb.shape == image.shape else None
+            self._publish(np.take(table, image.view(np.uint16), out=out, mode="clip"))
             return
         scale = 255.0 / (hi - lo) if hi != lo else 0.0
         if self._scratch is None or self._scratch.shape != image.shape:
