@@ -10,6 +10,8 @@ What the station needs from a remote archive, and nothing more:
   request in about the time of 4 single-frame requests. Scattered runs go out in
   parallel on a bounded pool. Every frame goes through the shared ``FrameCache`` (key:
   the frame's own URL plus the Accept value), so a cached frame never costs a request;
+* ``retrieve_series_frames``: for classic series (one instance per slice), the pixel
+  data of every instance from one series-level retrieve, cached as their frames;
 * ``decode_frame``: bytes to a numpy array with pydicom's decoders (native, RLE, JPEG
   baseline/lossless, JPEG-LS, JPEG 2000), or Pillow for rendered images.
 
@@ -43,13 +45,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import numpy as np
 import requests
+import urllib3
+import pydicom
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
     UID,
@@ -74,6 +80,7 @@ from urllib3.util.retry import Retry
 
 from station.core.framecache import FrameCache
 from station.core.remotes import RemoteSettings
+from station.core.volume import VolumeError, _pixel_layout  # where pixel data starts in a Part 10 file
 
 LOGGER = logging.getLogger(__name__)
 
@@ -110,7 +117,7 @@ are the standard's 'cannot serve that media type'; Orthanc answers 400 when aske
 syntax it will not produce and 500 when it cannot transcode (no codec). A genuine server
 error is still reported: then the rendered attempt fails too and the raw error is raised."""
 
-_READ_CHUNK = 1 << 20
+_READ_CHUNK = 4 << 20
 _USER_AGENT = "inspection-station"
 
 # Media types a raw frame may come in, with the transfer syntax assumed when the part
@@ -554,7 +561,7 @@ class DicomWebClient:
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
-        if session is not None:
+        if session is not None and not self._closed:
             return session
         session = requests.Session()
         session.auth = self._auth
@@ -623,13 +630,20 @@ class DicomWebClient:
         with response:
             shown = redact(response.url or url)
             chunks: list[bytes] = []
+            # Read urllib3's stream directly: requests' iter_content goes through
+            # urllib3's decoding buffer even for identity bodies, which costs about half
+            # the time of a 150 MB answer on loopback. Decode only what is encoded.
+            encoding = response.headers.get("Content-Encoding", "").strip().lower()
+            decode = encoding not in ("", "identity")
             try:
-                for chunk in response.iter_content(_READ_CHUNK):
+                while True:
+                    chunk = response.raw.read(_READ_CHUNK, decode_content=decode)
+                    if not chunk:
+                        break
                     chunks.append(chunk)
                     if cancel is not None and cancel.cancelled:
                         raise Cancelled(f"cancelled: {shown}", shown)
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                    requests.exceptions.ChunkedEncodingError) as exc:
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
                 self._count(errors=1)
                 LOGGER.warning("DICOMweb %s: connection lost while reading: %s", shown, exc)
                 raise RemoteUnavailable(f"connection lost while reading {shown}", shown) from exc
@@ -777,6 +791,46 @@ class DicomWebClient:
             raise EmptyPart(f"empty instance: {redact(url)}", redact(url))
         return data
 
+    def retrieve_series_frames(self, study: str, series: str, *, cancel: CancelToken | None = None) -> dict[str, Frame]:
+        """Pixel data of every single-frame instance of a series from ONE series-level
+        WADO-RS retrieve (Part 10 instances in their stored syntax), as frame 1 of each
+        instance, keyed by SOP Instance UID, and cached exactly as frames requests would
+        cache them.
+
+        Why: a classic series has one instance per slice, so frames requests cannot
+        batch; Orthanc answers a 300-instance series in one request about 7x faster than
+        300 frame requests. The whole answer is held in memory while it is parsed, so
+        callers keep this to series of bounded size (``RemoteSeries`` does). Multi-frame
+        instances and syntaxes whose pixel bytes are not those of a frames answer (big
+        endian, deflated) are left out: fetch them with ``retrieve_frames``.
+        """
+        if self.transfer_syntax != ANY_TRANSFER_SYNTAX:
+            # Stored-syntax bytes must not be cached under a specific syntax's key.
+            raise DicomWebError("series retrieval serves frames only for transfer_syntax='*'", self.base_url)
+        url = self.series_url(study, series)
+        shown = redact(url)
+        _, content_type, body = self._get(url, INSTANCE_ACCEPT, cancel=cancel)
+        parts = _parse_multipart(shown, content_type, body)
+        del body
+        frames: dict[str, Frame] = {}
+        for part_type, data in parts:
+            if cancel is not None:
+                cancel.raise_if_cancelled(url)
+            if _media_params(part_type)[0] not in ("application/dicom", ""):
+                raise UnexpectedContentType(f"{part_type!r} instead of application/dicom: {shown}", shown)
+            found = _single_frame_of(data, shown)
+            if found is not None:
+                sop, ts, media, pixels = found
+                frames[sop] = Frame(1, pixels, media, ts, url=redact(self.frame_url(study, series, sop, 1)))
+        self._count(frames_from_network=len(frames))
+        if self.cache is not None:
+            self.cache.put_many(
+                (self.frame_url(study, series, sop, 1), self.frame_accept,
+                 f"{f.media_type}; transfer-syntax={f.transfer_syntax}", f.data)
+                for sop, f in frames.items()
+            )
+        return frames
+
     # ----------------------------------------------------------------- frames
 
     def retrieve_frames(
@@ -829,7 +883,10 @@ class DicomWebClient:
     def cached_frame(self, study: str, series: str, sop: str, number: int, *, allow_stale: bool = False) -> Frame | None:
         """The frame from the cache alone (raw, else rendered), or None; never a request.
         ``allow_stale`` also returns expired entries (offline work)."""
-        return self._cached_frame(study, series, sop, number, allow_stale=allow_stale)
+        frame = self._cached_frame(study, series, sop, number, allow_stale=allow_stale)
+        if frame is not None:
+            self._count(frames_from_cache=1)
+        return frame
 
     def _cached_frame(self, study: str, series: str, sop: str, n: int, *, allow_stale: bool = False) -> Frame | None:
         if self.cache is None:
@@ -933,6 +990,38 @@ class DicomWebClient:
         """Why an instance is served rendered (the raw request's error), or None."""
         with self._lock:
             return self._rendered_only.get(sop)
+
+
+def _single_frame_of(data: bytes, url: str) -> tuple[str, str, str, bytes] | None:
+    """(SOP Instance UID, transfer syntax, media type, frame bytes) of a single-frame
+    Part 10 instance, as a frames answer would carry them; None for what a frames
+    request must fetch instead (multi-frame, bit-packed, big endian, deflated).
+
+    Only the header is parsed; the pixel value is sliced out of ``data`` where the
+    header ends (the rules of ``station.core.volume``), so 300 instances cost 300
+    header parses, not 300 full datasets."""
+    fp = io.BytesIO(data)
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        pixel_tell = fp.tell()
+        layout = _pixel_layout(Path("part"), ds, data[pixel_tell:pixel_tell + 12], pixel_tell, len(data))
+        sop = str(ds.SOPInstanceUID)
+    except (VolumeError, InvalidDicomError, AttributeError, ValueError, KeyError, EOFError) as exc:
+        raise BadResponse(f"an instance of {url} does not parse: {exc}", url) from exc
+    ts = layout.transfer_syntax
+    if layout.n_frames != 1 or ts == ExplicitVRBigEndian:
+        return None
+    start = layout.value_offset
+    if layout.kind == "memmap" and layout.dtype is not None and layout.dtype.byteorder in "<=|":
+        size = layout.rows * layout.columns * layout.dtype.itemsize
+        return sop, ExplicitVRLittleEndian, "application/octet-stream", data[start:start + size]
+    if layout.kind == "decoder" and ts.is_encapsulated and ts in _SYNTAX_MEDIA_TYPE:
+        try:
+            frame = next(generate_frames(data[start:], number_of_frames=1))
+        except (StopIteration, ValueError) as exc:
+            raise BadResponse(f"an instance of {url} has unreadable pixel data: {exc}", url) from exc
+        return sop, str(ts), _SYNTAX_MEDIA_TYPE[ts], frame
+    return None
 
 
 def _runs(numbers: Sequence[int], max_len: int) -> list[list[int]]:

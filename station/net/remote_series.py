@@ -12,7 +12,10 @@ its helpers are reused), so a remote scan and the same scan received locally loo
    request, not a share of a large one),
 2. then its neighbours outward, in small contiguous batches in both directions,
 3. then the rest in the background, in larger batches of contiguous frames (one request
-   each, see ``DicomWebClient.retrieve_frames``),
+   each, see ``DicomWebClient.retrieve_frames``); a classic series (one instance per
+   slice, where no frames request can carry two slices) gets its far slices from ONE
+   series-level retrieve instead (``DicomWebClient.retrieve_series_frames``), while
+   another worker fetches the neighbours,
 
 re-centring whenever the viewer calls ``set_current`` and stopping when ``cancel`` is
 called (the analyst moved to another scan). Every frame is decoded, rescaled and handed
@@ -81,6 +84,14 @@ NEIGHBOUR_RADIUS: int = 16
 BACKGROUND_BATCH: int = 32
 """Frames per request for the rest (16 MiB at 512x512x16 bits): few requests, yet a
 cancel or a re-centre waits for at most one such answer."""
+
+BULK_MIN_INSTANCES: int = 16
+"""A classic series (one instance per slice) with at least this many slices left beyond
+the neighbours gets them from one series-level retrieve instead of one request each."""
+
+BULK_MAX_BYTES: int = 512 * 1024 * 1024
+"""Largest series (estimated pixel bytes) pulled by one series-level retrieve: the answer
+is held in memory while it is parsed. Larger classic series go frame by frame."""
 
 _DICOS_STORAGE_ROOT = "1.2.840.10008.5.1.4.1.1.501."
 _UID_RE = re.compile(r"^[0-9.]{1,64}$")
@@ -353,6 +364,8 @@ class RemoteSeries:
         neighbour_batch: int = NEIGHBOUR_BATCH,
         neighbour_radius: int = NEIGHBOUR_RADIUS,
         background_batch: int = BACKGROUND_BATCH,
+        bulk: bool = True,
+        bulk_min_instances: int = BULK_MIN_INSTANCES,
     ) -> None:
         self.client = client
         self.layout = layout
@@ -377,6 +390,13 @@ class RemoteSeries:
         self._live = 0
         self._finished = threading.Event()
         self._started = False
+        single = [sop for sop, n in layout.number_of_frames.items() if n == 1]
+        pixel_bytes = sum(p.rows * p.columns * p.samples_per_pixel * max(1, p.bits_allocated // 8)
+                          for p in layout.pixel.values())
+        # "eligible" -> "running" -> "done"; "off" when not worth it or it failed once.
+        self._bulk_min = max(2, bulk_min_instances)
+        self._bulk = ("eligible" if bulk and client.transfer_syntax == "*" and len(single) >= self._bulk_min
+                      and pixel_bytes <= BULK_MAX_BYTES else "off")
 
     # ----------------------------------------------------------------- control
 
@@ -466,8 +486,9 @@ class RemoteSeries:
             finished=self._finished.is_set(), error=self._error,
         )
 
-    def _next_batch_locked(self) -> list[RemoteSlice] | None:
-        """The next run of slices to fetch, by distance from the visible slice."""
+    def _next_batch_locked(self) -> tuple[str, list[RemoteSlice]] | None:
+        """The next job: ("frames", a run of slices by distance from the visible slice)
+        or ("bulk", the slices a series-level retrieve will bring)."""
         if not self._pending:
             return None
         if not self._first_done and self._in_flight:
@@ -475,7 +496,18 @@ class RemoteSeries:
         c = self._current
         seed = min(self._pending, key=lambda i: (abs(i - c), i < c))
         if not self._first_done or seed == c:
-            return [self.layout.slices[seed]]
+            return ("frames", [self.layout.slices[seed]])
+        if self._bulk == "eligible":
+            far = [i for i in self._pending if abs(i - c) > self._neighbour_radius
+                   and self.layout.number_of_frames.get(self.layout.slices[i].sop_instance_uid) == 1]
+            near_left = any(abs(i - c) <= self._neighbour_radius for i in self._pending)
+            # One worker fetches the neighbours first; with more, one takes the bulk now.
+            if len(far) >= self._bulk_min and (self._workers > 1 or not near_left):
+                self._bulk = "running"
+                far.sort(key=lambda i: (abs(i - c), i < c))
+                return ("bulk", [self.layout.slices[i] for i in far])
+            if len(far) < self._bulk_min and not near_left:
+                self._bulk = "off"
         limit = self._neighbour_batch if abs(seed - c) <= self._neighbour_radius else self._background_batch
         step = 1 if seed > c else -1  # outward from the visible slice
         slices = self.layout.slices
@@ -490,25 +522,29 @@ class RemoteSeries:
             direction = delta
             run.append(s)
             i += step
-        return run
+        return ("frames", run)
 
     def _run(self) -> None:
         """Worker loop: take the most urgent run, fetch it, deliver its frames."""
         try:
             while True:
                 with self._cond:
-                    batch = None
+                    job = None
                     while not self._token.cancelled:
-                        batch = self._next_batch_locked()
-                        if batch is not None or not self._pending:
+                        job = self._next_batch_locked()
+                        if job is not None or not self._pending:
                             break
                         self._cond.wait()
-                    if batch is None:
+                    if job is None:
                         return
+                    kind, batch = job
                     for s in batch:
                         self._pending.discard(s.index)
                         self._in_flight.add(s.index)
-                self._fetch(batch)
+                if kind == "bulk":
+                    self._fetch_bulk(batch)
+                else:
+                    self._fetch(batch)
         finally:
             with self._cond:
                 self._live -= 1
@@ -538,12 +574,19 @@ class RemoteSeries:
         except DicomWebError as exc:
             self._settle(batch, str(exc))
             return
-        delivered: list[RemoteSlice] = []
         frame_of = {f.number: f for f in frames}
-        for s in batch:  # outward order, whatever the order of frame numbers
+        self._deliver(batch, {s.index: frame_of.get(s.frame_number) for s in batch})
+
+    def _deliver(self, batch: list[RemoteSlice], frames: dict[int, Frame | None]) -> None:
+        """Decode, rescale and hand over the frames of a finished job, in the job's
+        (outward) order; slices without a frame go back to the queue."""
+        delivered: list[RemoteSlice] = []
+        for s in batch:
             if self._token.cancelled:
                 break
-            frame = frame_of[s.frame_number]
+            frame = frames.get(s.index)
+            if frame is None:
+                continue
             try:
                 values = self._values(s, frame)
             except DicomWebError as exc:
@@ -563,10 +606,51 @@ class RemoteSeries:
                     self._on_frame(event)
                 except Exception:  # a consumer's bug must not stop the pull
                     LOGGER.exception("on_frame callback failed for slice %d", s.index)
-        rest = [s for s in batch if s not in delivered and s.index in self._in_flight]
+        done = {s.index for s in delivered}
+        rest = [s for s in batch if s.index not in done and s.index in self._in_flight]
         if rest:
             self._settle(rest, None)
         self._report(self.progress)
+
+    def _fetch_bulk(self, batch: list[RemoteSlice]) -> None:
+        """One series-level retrieve for the far slices of a classic series. If the
+        store cannot do it, the slices go back to the frame-by-frame queue."""
+        # What the cache holds is served from it (a re-opened scan must not be
+        # downloaded again); the retrieve is for the rest, if enough remains.
+        cached: dict[int, Frame | None] = {}
+        for s in batch:
+            if self._token.cancelled:
+                break
+            cached[s.index] = self.client.cached_frame(self.layout.study_uid, self.layout.series_uid,
+                                                       s.sop_instance_uid, s.frame_number)
+        hits = [s for s in batch if cached.get(s.index) is not None]
+        if hits:
+            self._deliver(hits, cached)
+        batch = [s for s in batch if cached.get(s.index) is None]
+        if len(batch) < self._bulk_min or self._token.cancelled:
+            with self._cond:
+                self._bulk = "off"
+            self._settle(batch, None)
+            return
+        try:
+            frames = self.client.retrieve_series_frames(self.layout.study_uid, self.layout.series_uid,
+                                                        cancel=self._token)
+        except Cancelled:
+            self._settle(batch, None)
+            return
+        except RemoteUnavailable as exc:
+            self._settle(batch, str(exc), give_up=True)
+            return
+        except DicomWebError as exc:
+            LOGGER.info("remote series %s: series retrieve failed (%s); fetching frame by frame",
+                        self.layout.series_uid, exc)
+            with self._cond:
+                self._bulk = "off"
+            self._settle(batch, None)
+            return
+        with self._cond:
+            self._bulk = "done"
+        self._deliver(batch, {s.index: frames.get(s.sop_instance_uid) for s in batch})
 
     def _values(self, s: RemoteSlice, frame: Frame) -> np.ndarray:
         raw = decode_frame(frame, self.layout.pixel[s.sop_instance_uid])

@@ -198,3 +198,45 @@ def test_reopen_is_served_by_the_cache_even_offline(orthanc, scans, tmp_path):
         np.testing.assert_array_equal(arrived.array, scan.voxels[3].astype(np.float32))
         assert offline.stats.requests == 0
     offline_cache.close()
+
+
+@pytest.mark.parametrize("name", ["classic", "j2k"])
+def test_classic_series_far_slices_come_in_one_series_retrieve(client, scans, name):
+    """One instance per slice: the visible slice and its neighbours by frames requests,
+    the rest from one series-level retrieve."""
+    scan = scans[name]
+    layout = layout_of(client, scan)
+    volume = np.full(layout.shape, np.nan, dtype=np.float32)
+    rec = Recorder()
+
+    def on_frame(event: FrameArrived) -> None:
+        rec.on_frame(event)
+        volume[event.index] = event.array
+
+    before = client.stats.requests
+    with RemoteSeries(client, layout, on_frame=on_frame, workers=1, neighbour_radius=1,
+                      bulk_min_instances=4) as pull:
+        pull.start(current=5)
+        assert pull.wait(30) and pull.progress.complete
+    np.testing.assert_array_equal(volume, scan.voxels.astype(np.float32))
+    assert rec.order[:3] == [5, 6, 4]  # visible, then the neighbours, then the bulk
+    assert sorted(rec.order) == list(range(SLICES))
+    assert client.stats.requests - before == 4  # 3 frames requests + 1 series retrieve
+
+
+def test_series_retrieve_is_skipped_for_cached_slices(orthanc, scans, tmp_path):
+    scan = scans["classic"]
+    with DicomWebClient(orthanc.dicomweb_url, cache=FrameCache(tmp_path / "c")) as c:
+        layout = layout_of(c, scan)
+        frames = c.retrieve_series_frames(scan.study_uid, scan.series_uid)
+        assert set(frames) == set(scan.sop_uids)
+        import pydicom
+
+        for sop, path in zip(scan.sop_uids, scan.files):
+            assert frames[sop].data == pydicom.dcmread(path).PixelData
+        before = c.stats.requests
+        with RemoteSeries(c, layout, workers=2, neighbour_radius=1, bulk_min_instances=4) as pull:
+            pull.start()
+            assert pull.wait(30) and pull.progress.from_cache == SLICES
+        assert c.stats.requests == before
+        c.cache.close()
