@@ -125,6 +125,7 @@ class AlertPanel(QWidget):
 
     alertActivated = Signal(object)  # Alert
     muteToggled = Signal(bool)
+    decisionRequested = Signal(str)  # CLEAR, SUSPECT or THREAT for the open scan
 
     def __init__(self, book: AlertBook, mode: str = "airport", parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -163,11 +164,27 @@ class AlertPanel(QWidget):
         header.setSectionResizeMode(5, QHeaderView.ResizeMode.Stretch)
         self.table.activated.connect(self._on_activated)
         self.table.clicked.connect(self._on_activated)
+        # Decide the scan on screen (the triage workflow adds keys and a queue).
+        decide = QHBoxLayout()
+        decide.setContentsMargins(8, 4, 8, 6)
+        decide.addWidget(QLabel("Decision for the scan on screen:"))
+        self.decision_buttons: dict[str, QToolButton] = {}
+        for decision, colour in (("CLEAR", "#5cc98a"), ("SUSPECT", "#f0b429"), ("THREAT", "#ff5c5c")):
+            button = QToolButton()
+            button.setText(decision.title())
+            button.setObjectName(f"Decide{decision.title()}")
+            button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+            button.setStyleSheet(f"QToolButton {{ color: {colour}; font-weight: bold; padding: 2px 10px; }}")
+            button.clicked.connect(lambda _=False, d=decision: self.decisionRequested.emit(d))
+            decide.addWidget(button)
+            self.decision_buttons[decision] = button
+        decide.addStretch(1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
         layout.addLayout(head)
         layout.addWidget(self.table)
+        layout.addLayout(decide)
         self._on_mute_toggled(False)
         self.refresh()
 

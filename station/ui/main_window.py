@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
+    QApplication,
     QCheckBox,
     QHBoxLayout,
     QLabel,
@@ -33,7 +34,11 @@ from station.core.events import (
     ReceiverError,
     ReceiverState,
 )
-from station.core.store import SeriesRow, Store
+from station.core.alerts import Alert, AlertBook
+from station.core.mpr import ThreatBox
+from station.core.sopclasses import DICOS_TDR
+from station.core.store import SeriesRow, Store, StoreError
+from station.ui.alert_panel import SEVERITY_COLOURS, AlertPanel
 from station.ui.bridge import EventBridge
 from station.ui.scan_list import ScanList
 from station.ui.slice_viewer import SliceViewer
@@ -122,8 +127,30 @@ class MainWindow(QMainWindow):
         left_layout.addLayout(head)
         left_layout.addWidget(self.scan_list, 1)
 
+        # -- left, below: the alerts (from TDRs in the store: scanners' and our detector's)
+        self.alert_book = AlertBook(store)
+        self.alert_book.load()
+        self.alert_panel = AlertPanel(self.alert_book, self.mode)
+        self.alert_panel.alertActivated.connect(self._on_alert_activated)
+        self.alert_panel.decisionRequested.connect(self._on_decision_requested)
+        self._focus_alert: Alert | None = None
+        self._operator: str | None = None
+        left_split = QSplitter(Qt.Orientation.Vertical)
+        left_split.setObjectName("LeftSplitter")
+        scans_box = left
+        left = QWidget()
+        left.setObjectName("LeftColumn")
+        column = QVBoxLayout(left)
+        column.setContentsMargins(0, 0, 0, 0)
+        left_split.addWidget(scans_box)
+        left_split.addWidget(self.alert_panel)
+        left_split.setSizes([600, 300])
+        left_split.setChildrenCollapsible(False)
+        column.addWidget(left_split)
+
         # -- right: the viewer -----------------------------------------------------------
         self.viewer = SliceViewer(self.mode)
+        self.viewer.volumeGrew.connect(self._on_volume_grew)
         right = QWidget()
         right.setObjectName("RightPanel")
         right_layout = QVBoxLayout(right)
@@ -140,6 +167,7 @@ class MainWindow(QMainWindow):
         splitter.setChildrenCollapsible(False)
         self.setCentralWidget(splitter)
         self.setTabOrder(self.scan_list, self.viewer)
+        self.setTabOrder(self.viewer, self.alert_panel.table)
 
         # -- status bar --------------------------------------------------------------------
         bar = self.statusBar()
@@ -164,6 +192,15 @@ class MainWindow(QMainWindow):
             " padding: 2px 10px; border-radius: 3px; }")
         self.storage_warning.hide()
         bar.addPermanentWidget(self.storage_warning)
+        # Unresolved alarms: counted, and blinking until resolved (the visible cue).
+        self.alarm_label = QLabel()
+        self.alarm_label.setObjectName("AlarmStatus")
+        self.alarm_label.hide()
+        bar.addPermanentWidget(self.alarm_label)
+        self._blink_on = False
+        self._blink = QTimer(self)
+        self._blink.setInterval(600)
+        self._blink.timeout.connect(self._on_blink)
         bar.addPermanentWidget(self.store_label)
         if receiver is not None:
             self._set_receiver_state(receiver.is_running, receiver.aet, receiver.host, receiver.port, "")
@@ -171,9 +208,11 @@ class MainWindow(QMainWindow):
             self._set_receiver_state(False, settings.receiver.aet, settings.receiver.host,
                                      settings.receiver.port, "no receiver")
         self._update_counts()
+        self._update_alarms()
 
         # -- actions -------------------------------------------------------------------------
         self._add_action("Quit", "Ctrl+Q", self.close)
+        self._add_action("Mute alarm sound", "M", lambda: self.alert_panel.set_muted(not self.alert_panel.muted))
         self._add_action("Refresh", "F5", self.refresh)
         self._add_action("Follow new scans", "Esc", self.follow_newest)
         self._add_action("Focus scan list", "Ctrl+L", self.scan_list.setFocus)
@@ -238,6 +277,7 @@ class MainWindow(QMainWindow):
 
     def set_operator(self, name: str) -> None:
         """Show who is on shift (decisions will be recorded under this name)."""
+        self._operator = name
         label = QLabel(f"Operator: {name}")
         label.setObjectName("OperatorStatus")
         self.statusBar().insertPermanentWidget(0, label)
@@ -269,6 +309,7 @@ class MainWindow(QMainWindow):
         """Bridge slot: grow the open scan with its new files."""
         self._received += len(batch)
         self._update_counts()
+        self._take_tdrs(batch)
         if not self.storage_warning.isHidden():
             self.storage_warning.hide()  # instances are being stored again: space is back
         uid = self.viewer.series_uid
@@ -353,9 +394,112 @@ class MainWindow(QMainWindow):
         paths = [i.path for i in self.store.instances(series_uid)]
         LOGGER.debug("opening series %s (%d files)", series_uid, len(paths))
         self.viewer.set_series(series_uid, paths, label=_scan_label(row, self.mode))
+        self._show_threats()
         self.scan_list.scan_model.mark_viewed(series_uid)
         self._update_panel_count()
         return True
+
+    # -- alerts ------------------------------------------------------------------------------------
+
+    def _take_tdrs(self, batch: list[InstanceStored]) -> None:
+        """TDRs among newly stored instances become alerts (and resolutions)."""
+        new: list[Alert] = []
+        tdrs = [e for e in batch if e.sop_class_uid == DICOS_TDR]
+        for event in tdrs:
+            new += self.alert_book.add_tdr(event.path, received_at=event.received_at)
+        images = [e for e in batch if e.sop_class_uid != DICOS_TDR]
+        if images and any(a.series_uid is None for a in self.alert_book.alerts()):
+            self.alert_book.refresh_series()  # a scan whose TDR came first has arrived
+        if not tdrs and not images:
+            return
+        self.alert_panel.refresh()
+        self._update_alarms()
+        self._show_threats()
+        if new and not self.alert_panel.muted:
+            QApplication.beep()  # the audible cue; M mutes it
+
+    def _show_threats(self) -> None:
+        """Outline the open scan's alarm objects (machine style; resolved ones as operator)."""
+        uid = self.viewer.series_uid
+        if uid is None:
+            return
+        boxes = []
+        for alert in self.alert_book.for_series(uid):
+            if alert.base is None or alert.extent is None:
+                continue
+            prob = f" {alert.probability:.0%}" if alert.probability is not None else ""
+            resolved = self.alert_book.is_resolved(alert)
+            boxes.append(ThreatBox(base=alert.base, extent=alert.extent,
+                                   label=f"{alert.category.replace('_', ' ').title()}{prob}",
+                                   source="operator" if resolved else "machine", flag=alert.severity))
+        self.viewer.set_threats(boxes)
+
+    def _on_alert_activated(self, alert: Alert) -> None:
+        """Open the alert's scan and centre the views on its object."""
+        if alert.series_uid is None:
+            self.statusBar().showMessage("The scan of this alert has not arrived yet", 5000)
+            return
+        self._focus_alert = alert
+        self.select_series(alert.series_uid)
+        self._focus_pending_alert()
+
+    def _on_volume_grew(self, _n: int) -> None:
+        self._focus_pending_alert()
+
+    def _focus_pending_alert(self) -> None:
+        alert = self._focus_alert
+        if alert is None or self.viewer.series_uid != alert.series_uid or alert.center is None:
+            return
+        if self.viewer.current_index < 0 or self.viewer.slice_count <= int(alert.center[2]):
+            return  # wait until the slice holding the object is on screen (volumeGrew retries)
+        x, y, z = alert.center
+        self.viewer.set_crosshair(int(x), int(y), int(z))
+        self._focus_alert = None
+
+    def _on_decision_requested(self, decision: str) -> None:
+        if self.viewer.series_uid is None:
+            self.statusBar().showMessage("Open a scan first", 4000)
+            return
+        try:
+            written = self.record_decision(decision)
+        except (ValueError, StoreError) as exc:
+            self.statusBar().showMessage(f"Decision not recorded: {exc}", 8000)
+            return
+        who = self._operator or "unknown operator"
+        self.statusBar().showMessage(
+            f"{decision.title()} recorded by {who}" + ("" if written else " (no alarm to resolve)"), 5000)
+
+    def record_decision(self, decision: str, operator: str | None = None) -> list[str]:
+        """Write the operator TDR(s) for the open scan (CLEAR, SUSPECT or THREAT)."""
+        uid = self.viewer.series_uid
+        if uid is None:
+            return []
+        written = self.alert_book.record_decision(uid, decision, operator or self._operator or "unknown")
+        self.alert_panel.refresh()
+        self._update_alarms()
+        self._show_threats()
+        return written
+
+    def _update_alarms(self) -> None:
+        count = len(self.alert_book.unresolved())
+        if not count:
+            self.alarm_label.hide()
+            self._blink.stop()
+            return
+        self.alarm_label.setText(f"ALARMS: {count} unresolved")
+        self.alarm_label.setToolTip("Unresolved alarms (alert panel); M mutes the sound")
+        self.alarm_label.show()
+        if not self._blink.isActive():
+            self._blink.start()
+            self._on_blink()
+
+    def _on_blink(self) -> None:
+        self._blink_on = not self._blink_on
+        colour = SEVERITY_COLOURS["HIGH_THREAT"]
+        self.alarm_label.setStyleSheet(
+            f"background: {colour}; color: #16181c; font-weight: bold; padding: 2px 10px; border-radius: 3px;"
+            if self._blink_on else
+            f"color: {colour}; font-weight: bold; padding: 2px 10px; border: 1px solid {colour}; border-radius: 3px;")
 
     # -- status bar ------------------------------------------------------------------------------
 

@@ -81,3 +81,46 @@ def test_dicos_multiframe_ct_shows_every_frame(station, qtbot, tmp_path, dcmtk_e
     (row,) = window.listed_rows()
     assert row.sop_class_uid == "1.2.840.10008.5.1.4.1.1.501.1"
     np.testing.assert_array_equal(window.viewer.volume.array(), bag.voxels.astype(np.float32))
+
+
+def test_a_scanner_tdr_sent_by_storescu_becomes_an_alert_on_its_scan(station, qtbot, tmp_path, dcmtk_env):
+    from station.core.dicos import Algorithm, Pto, read_tdr, scan_ref_from_volume, write_machine_tdr
+    from station.core.sopclasses import DICOS_TDR
+    from station.core.volume import load_volume
+
+    window, receiver = station
+    bag = synth.make_bag_volume(size=64, slices=24, threats=1, seed=13)
+    (ct,) = [f for f in synth.write_ct_series(bag, tmp_path / "bag", dicos=True) if f.suffix == ".dcm"]
+    (threat,) = bag.threats
+    tdr_file = tmp_path / "atr.dcm"
+    write_machine_tdr([Pto(id=1, base=tuple(map(float, threat.base_xyz)), extent=tuple(map(float, threat.extent_xyz)),
+                           flag="THREAT", category="EXPLOSIVE", probability=0.81)],
+                      tdr_file, scan=scan_ref_from_volume(load_volume([ct])),
+                      algorithm=Algorithm("Acme ATR", "7.1"), processing_ms=40.0)
+    storescu(dcmtk_env, receiver.port, [ct])
+    storescu(dcmtk_env, receiver.port, [tdr_file])  # the scanner's ATR result follows the scan
+
+    panel = window.alert_panel
+    qtbot.waitUntil(lambda: panel.model.rowCount() == 1, timeout=30000)
+    alert = panel.model.alert_at(0)
+    ct_series = [r for r in window.listed_rows() if r.modality == "CT"][0].series_uid
+    assert alert.series_uid == ct_series
+    assert alert.source == "Acme ATR 7.1" and alert.severity == "THREAT"
+    assert window.alarm_label.isVisible() and "1 unresolved" in window.alarm_label.text()
+
+    window.viewer.set_index(0)
+    panel.select_alert(alert.key)  # as a click on the row would
+    cx, cy, cz = (int(v) for v in alert.center)
+    qtbot.waitUntil(lambda: window.viewer.series_uid == ct_series and window.viewer.current_index == cz,
+                    timeout=30000)
+    assert window.viewer.crosshair[:2] == (cx, cy)
+    assert [t.flag for t in window.viewer.threats] == ["THREAT"]
+
+    window.record_decision("THREAT", "OP-1")
+    assert window.alarm_label.isHidden()
+    assert window.viewer.threats[0].source == "operator"
+    operator = [read_tdr(r.path) for r in window.store.instances_of_class(DICOS_TDR)]
+    (op,) = [t for t in operator if t.tdr_type == "OPERATOR"]
+    (machine,) = [t for t in operator if t.tdr_type == "MACHINE"]
+    assert op.referenced_tdrs[0].sop_instance_uid == machine.sop_instance_uid
+    assert op.operator_id == "OP-1" and op.operator_decision == "THREAT"

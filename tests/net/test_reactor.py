@@ -9,6 +9,7 @@ import time
 import pynetdicom
 import pytest
 from pynetdicom import AE, evt
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from station.net import reactor
@@ -50,7 +51,7 @@ def test_echo_store_and_release(scp, tmp_path):
     files = make_ct_files(tmp_path, n=3)
     ae = AE()
     ae.add_requested_context(Verification)
-    ae.add_requested_context(CTImageStorage)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", port, ae_title="SCP")
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0
@@ -106,7 +107,7 @@ def test_many_sequential_associations_do_not_leak_threads(scp, tmp_path):
     before = threading.active_count()
     for _ in range(20):
         ae = AE()
-        ae.add_requested_context(CTImageStorage)
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
         assoc = ae.associate("127.0.0.1", port, ae_title="SCP")
         assert assoc.send_c_store(f).Status == 0
         assoc.release()

@@ -78,3 +78,11 @@ def test_reports_are_not_listed_as_scans(qtbot, book, store):
     model.refresh()
     assert model.rowCount() == 2
     assert {model.series_at(r).modality for r in range(2)} == {"CT"}
+
+
+def test_decision_buttons_ask_for_a_decision(qtbot, book):
+    panel = AlertPanel(book)
+    qtbot.addWidget(panel)
+    with qtbot.waitSignal(panel.decisionRequested) as blocker:
+        panel.decision_buttons["SUSPECT"].click()
+    assert blocker.args == ["SUSPECT"]

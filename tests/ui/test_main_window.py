@@ -169,7 +169,8 @@ def test_a_report_arriving_after_its_scan_does_not_replace_it(qtbot, window, arr
     qtbot.waitUntil(lambda: viewer.current_index >= 0, timeout=3000)
     scan = viewer.series_uid
     arrive(ct_files(1, patient_id="BAG-A", modality="TDR"))
-    qtbot.waitUntil(lambda: window.scan_list.scan_model.rowCount() == 2, timeout=3000)
+    qtbot.waitUntil(lambda: window.received_label.text() == "Received: 4", timeout=3000)
+    assert window.scan_list.scan_model.rowCount() == 1  # reports are alerts, not scans
     assert viewer.series_uid == scan
 
 
@@ -198,6 +199,8 @@ def test_keyboard_tab_f5_and_quit(qtbot, window, store, ct_files):
     qtbot.keyClick(window.scan_list, Qt.Key.Key_Tab)
     assert window.focusWidget() is window.viewer
     qtbot.keyClick(window.viewer, Qt.Key.Key_Tab)
+    assert window.focusWidget() is window.alert_panel.table
+    qtbot.keyClick(window.alert_panel.table, Qt.Key.Key_Tab)
     assert window.focusWidget() is window.scan_list
     qtbot.keyClick(window, Qt.Key.Key_Q, Qt.KeyboardModifier.ControlModifier)
     assert not window.isVisible()
