@@ -61,12 +61,14 @@ def test_bag_sent_by_storescu_is_stored_whole_and_in_order(tmp_path, free_port, 
                 r["modality"] == "TDR" for r in store_ls(tmp_path / "store")):
             time.sleep(0.25)
     finally:
-        code, stdout, _ = stop_serve(proc)
+        code, stdout, stderr = stop_serve(proc)
     assert code == 0
     assert "stopped after" in stdout
     listing = store_ls(tmp_path / "store")
     (series,) = [r for r in listing if r["modality"] == "CT"]
-    (report,) = [r for r in listing if r["modality"] == "TDR"]
+    reports = [r for r in listing if r["modality"] == "TDR"]
+    assert len(reports) == 1, f"the detector stored {len(reports)} TDRs; receiver log:\n{stderr[-3000:]}"
+    (report,) = reports
     assert report["study_uid"] == series["study_uid"]
     (tdr_file,) = [p for p in (tmp_path / "store" / "objects").rglob("*.dcm")
                    if pydicom.dcmread(p, stop_before_pixels=True).Modality == "TDR"]
