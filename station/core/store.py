@@ -102,7 +102,24 @@ CREATE TABLE IF NOT EXISTS instances (
     source           TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_uid);
+-- What the analyst did with a scan (pinned, last opened, decision). Not derived from the
+-- files, so rebuild_index keeps it; no foreign key, for the same reason. Added without a
+-- schema version bump: CREATE IF NOT EXISTS gives an older index the table on open.
+CREATE TABLE IF NOT EXISTS scan_state (
+    series_uid  TEXT PRIMARY KEY,
+    pinned      INTEGER NOT NULL DEFAULT 0,
+    last_access REAL,
+    decision    TEXT NOT NULL DEFAULT ''
+);
 """
+
+#: A scan received less than this long ago and never opened counts as pending triage
+#: and is never evicted (see ``Store.evict``).
+PENDING_WINDOW_S = 30 * 60.0
+
+#: A series that got an instance less than this long ago is taken to be still arriving:
+#: ``delete_series`` refuses it and ``evict`` skips it.
+RECEIVING_GRACE_S = 10.0
 
 
 class StoreError(Exception):
@@ -776,6 +793,228 @@ class Store:
 
     def count_instances(self) -> int:
         return int(self._reader().execute("SELECT count(*) FROM instances").fetchone()[0])
+
+    # -- scan state, deletion, eviction and export (the cache browser's needs) ----------------
+
+    def _set_state(self, series_uid: str, column: str, value: object) -> None:
+        with self._write_lock:
+            self._writer.execute(
+                f"INSERT INTO scan_state(series_uid, {column}) VALUES (?, ?) "
+                f"ON CONFLICT(series_uid) DO UPDATE SET {column}=excluded.{column}",
+                (series_uid, value),
+            )
+
+    def pin(self, series_uid: str, pinned: bool = True) -> None:
+        """Pin (never evict) or unpin a scan. Any thread."""
+        self._set_state(series_uid, "pinned", 1 if pinned else 0)
+
+    def touch(self, series_uid: str, now: float | None = None) -> None:
+        """Record that a scan was opened now (LRU order for eviction; no longer pending). Any thread."""
+        self._set_state(series_uid, "last_access", time.time() if now is None else float(now))
+
+    def set_decision(self, series_uid: str, decision: str) -> None:
+        """Remember the analyst's decision for a scan (CLEAR, SUSPECT, THREAT; "" for none)."""
+        self._set_state(series_uid, "decision", decision.upper())
+
+    def scan_states(self) -> dict[str, tuple[bool, float | None, str]]:
+        """series UID -> (pinned, last access, decision) for every scan with any state."""
+        rows = self._reader().execute("SELECT series_uid, pinned, last_access, decision FROM scan_state")
+        return {r[0]: (bool(r[1]), r[2], r[3]) for r in rows}
+
+    def browse_rows(self) -> list[tuple[Any, ...]]:
+        """Every series with what the cache browser shows, in one query (fast for 10,000s).
+
+        Columns: series_uid, patient_id, patient_name, study_uid, study_date, study
+        description, modality, series description, instances, frames, bytes,
+        first_received, last_received, pinned, last_access, decision, source.
+        """
+        return self._reader().execute(
+            "SELECT se.series_uid, p.patient_id, p.patient_name, st.study_uid, st.study_date, st.description,"
+            " se.modality, se.description, se.instances, se.frames, se.bytes, se.first_received,"
+            " se.last_received, coalesce(ss.pinned, 0), ss.last_access, coalesce(ss.decision, ''),"
+            " coalesce((SELECT i.source FROM instances i WHERE i.series_uid = se.series_uid LIMIT 1), '')"
+            " FROM series se JOIN studies st ON st.study_uid = se.study_uid"
+            " JOIN patients p ON p.patient_id = st.patient_id"
+            " LEFT JOIN scan_state ss ON ss.series_uid = se.series_uid"
+            " ORDER BY se.last_received DESC"
+        ).fetchall()
+
+    def delete_series(self, series_uid: str, *, in_use: bool = False, now: float | None = None) -> int:
+        """Delete a scan's index rows and then its files; return how many files went.
+
+        Refused (StoreError) when the caller says it is in use (open in a viewer) or when
+        an instance arrived within ``RECEIVING_GRACE_S`` (it is probably still being
+        received). The rows go first in one transaction, so a reader never finds a row
+        without its file; only the files those rows named are removed, so an instance that
+        arrives meanwhile (a new row and file) is never lost. Any thread.
+        """
+        if in_use:
+            raise StoreError(f"series {series_uid} is in use")
+        now = time.time() if now is None else now
+        with self._write_lock:
+            c = self._writer
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                row = c.execute("SELECT study_uid, last_received FROM series WHERE series_uid=?",
+                                (series_uid,)).fetchone()
+                if row is None:
+                    c.execute("ROLLBACK")
+                    return 0
+                if now - row[1] < RECEIVING_GRACE_S:
+                    raise StoreError(f"series {series_uid} is still being received")
+                paths = [r[0] for r in c.execute("SELECT path FROM instances WHERE series_uid=?", (series_uid,))]
+                c.execute("DELETE FROM instances WHERE series_uid=?", (series_uid,))
+                c.execute("DELETE FROM series WHERE series_uid=?", (series_uid,))
+                c.execute("DELETE FROM scan_state WHERE series_uid=?", (series_uid,))
+                study_uid = row[0]
+                if c.execute("SELECT 1 FROM series WHERE study_uid=? LIMIT 1", (study_uid,)).fetchone() is None:
+                    pid = c.execute("SELECT patient_id FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+                    c.execute("DELETE FROM studies WHERE study_uid=?", (study_uid,))
+                    if pid is not None and c.execute(
+                            "SELECT 1 FROM studies WHERE patient_id=? LIMIT 1", (pid[0],)).fetchone() is None:
+                        c.execute("DELETE FROM patients WHERE patient_id=?", (pid[0],))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        removed = 0
+        dirs: set[Path] = set()
+        for rel in paths:
+            file = self.root / rel
+            try:
+                file.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                LOGGER.error("delete %s: cannot remove %s: %s", series_uid, file, exc)
+            dirs.add(file.parent)
+        for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+            for level in (d, d.parent, d.parent.parent):  # series, study, study prefix
+                if level == self.objects_dir:
+                    break
+                try:
+                    level.rmdir()  # only if empty: something new may have arrived
+                    self._known_dirs.discard(level)
+                except OSError:
+                    break
+        LOGGER.info("deleted series %s (%d files)", series_uid, removed)
+        return removed
+
+    def stored_scans(self, now: float, *, in_use: Iterable[str] = (), alarmed: Iterable[str] = (),
+                     pending_window_s: float = PENDING_WINDOW_S) -> list[Any]:
+        """Every series as a ``cache.StoredScan`` for ``plan_eviction``.
+
+        Pending triage (never evicted) means: no decision recorded, never opened, and
+        received less than ``pending_window_s`` before ``now``. Unresolved alarms come
+        from the caller (the GUI's ``AlertBook``), as does ``in_use`` (open in a viewer);
+        a series still receiving (last instance within ``RECEIVING_GRACE_S``) counts as
+        in use too. ``last_access`` is the last open, else the last instance received.
+        """
+        from station.core.cache import StoredScan
+
+        in_use, alarmed = set(in_use), set(alarmed)
+        scans = []
+        for r in self.browse_rows():
+            uid, nbytes, first, last, pinned, access, decision = r[0], r[10], r[11], r[12], r[13], r[14], r[15]
+            pending = not decision and access is None and now - first < pending_window_s
+            scans.append(StoredScan(
+                uid=uid, nbytes=int(nbytes), last_access=access if access is not None else last,
+                received_at=first, pending_triage=pending, unresolved_alarms=uid in alarmed,
+                pinned=bool(pinned), in_use=uid in in_use or now - last < RECEIVING_GRACE_S,
+            ))
+        return scans
+
+    def evict(self, quota_bytes: int | None, max_age_s: float | None, now: float | None = None,
+              protected: Iterable[str] = (), *, alarmed: Iterable[str] = (),
+              pending_window_s: float = PENDING_WINDOW_S) -> list[str]:
+        """Apply ``cache.plan_eviction``: delete scans over the age limit, then least recently
+        used ones until the store fits ``quota_bytes``. Return the deleted series UIDs.
+
+        ``protected``: series in use (open in a viewer, being exported); ``alarmed``:
+        series with unresolved alarms. Pinned and pending scans (see ``stored_scans``)
+        are never evicted. Each deletion re-checks "still receiving" inside its own
+        transaction, so a scan whose instances start arriving after planning survives.
+        Called from a maintenance thread or the process that owns the store.
+        """
+        from station.core.cache import plan_eviction
+
+        now = time.time() if now is None else now
+        protected = set(protected)
+        scans = self.stored_scans(now, in_use=protected, alarmed=alarmed, pending_window_s=pending_window_s)
+        deleted = []
+        for item in plan_eviction(scans, quota_bytes, max_age_s, now):
+            try:
+                self.delete_series(item.scan.uid, in_use=item.scan.uid in protected, now=now)
+            except StoreError as exc:
+                LOGGER.warning("evict: kept %s: %s", item.scan.uid, exc)
+                continue
+            LOGGER.info("evicted series %s (%s, %d bytes)", item.scan.uid, item.reason.value, item.scan.nbytes)
+            deleted.append(item.scan.uid)
+        return deleted
+
+    def export_series(self, series_uid: str, dest: str | os.PathLike[str]) -> Path:
+        """Copy a scan's files into folder ``dest`` (a subfolder per scan) or, if ``dest``
+        ends in ``.zip``, into that zip archive (appended to if it exists). Returns the
+        folder or archive written. Any thread (a worker for big scans).
+        """
+        import re
+        import shutil
+        import zipfile
+
+        row = self.series(series_uid)
+        if row is None:
+            raise StoreError(f"no series {series_uid} in the store")
+        # Names from peer text are only used after reducing them to a safe alphabet.
+        label = re.sub(r"[^A-Za-z0-9._-]+", "_", row.patient_id or "scan")[:40].strip("._") or "scan"
+        folder = f"{label}_{row.modality or 'XX'}_{uid_token(series_uid)[:8]}"
+        files = self.instances(series_uid)
+        dest = Path(dest)
+        try:
+            if dest.suffix.lower() == ".zip":
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with zipfile.ZipFile(dest, "a", compression=zipfile.ZIP_STORED) as zf:
+                    for n, inst in enumerate(files, 1):
+                        zf.write(inst.path, f"{folder}/IM{n:06d}.dcm")
+                return dest
+            out = dest / folder
+            out.mkdir(parents=True, exist_ok=True)
+            for n, inst in enumerate(files, 1):
+                shutil.copyfile(inst.path, out / f"IM{n:06d}.dcm")
+            return out
+        except OSError as exc:
+            raise StoreError(f"cannot export {series_uid} to {dest}: {exc}") from exc
+
+    def add_index_rows(self, rows: Iterable[SeriesRow], *, source: str = "bench") -> int:
+        """Index series without files, in one transaction: only for benchmarks and UI
+        tests that need tens of thousands of scans quickly. Never used with real data
+        (the rows have no instances, so ``reconcile`` leaves them and viewers show nothing).
+        """
+        count = 0
+        with self._write_lock:
+            c = self._writer
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for r in rows:
+                    c.execute("INSERT OR IGNORE INTO patients(patient_id, patient_name) VALUES (?, ?)",
+                              (r.patient_id, r.patient_name))
+                    c.execute(
+                        "INSERT OR IGNORE INTO studies(study_uid, patient_id, study_date, study_time, accession,"
+                        " description, first_received, last_received) VALUES (?, ?, ?, ?, '', ?, ?, ?)",
+                        (r.study_uid, r.patient_id, r.study_date, r.study_time, r.study_description,
+                         r.first_received, r.last_received))
+                    c.execute(
+                        "INSERT OR REPLACE INTO series(series_uid, study_uid, modality, sop_class_uid, series_number,"
+                        " description, instances, frames, bytes, first_received, last_received)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (r.series_uid, r.study_uid, r.modality, r.sop_class_uid, r.series_number, r.description,
+                         r.instances, r.frames, r.bytes, r.first_received, r.last_received))
+                    count += 1
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        return count
 
 
 def _walk(paths: Iterable[str | os.PathLike[str]]) -> Iterable[Path]:
