@@ -149,7 +149,7 @@ class MainWindow(QMainWindow):
         column.addWidget(left_split)
 
         # -- right: the viewer -----------------------------------------------------------
-        self.viewer = SliceViewer(self.mode)
+        self.viewer = SliceViewer(self.mode, layout="quad")  # 2x2: planes plus the projection
         self.viewer.volumeGrew.connect(self._on_volume_grew)
         right = QWidget()
         right.setObjectName("RightPanel")

@@ -955,6 +955,15 @@ class SliceViewer(QWidget):
             # analyst sees the bag rather than the empty belt at its first slice. Once
             # they scroll, zoom or window, arrivals never move the view again.
             self._show(middle, slices[middle])
+            if not self._cursor_set:
+                # The crosshair too: the first slices of a bag are mostly belt, so a
+                # centre taken from them puts the coronal plane through the belt.
+                try:
+                    self._init_cursor(vol.slice(middle))
+                except (VolumeError, OSError, ValueError):
+                    pass
+                self._refresh_plane("coronal")
+                self._refresh_plane("sagittal")
         else:
             self._index = self._find(slices, self._current, self._index)
         if self.planar != planar_before and previous:
