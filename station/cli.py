@@ -439,12 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("bench", parents=[common], help="benchmarks (JSON with the peer and the ratio)")
-    p.add_argument("what", choices=["receive", "detect", "reliability", "view", "frames"])
+    p.add_argument("what", choices=["receive", "detect", "reliability", "view", "frames", "browser"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--slices", type=int, default=300)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--seconds", type=float, default=120.0, help="reliability: length of the load part")
+    p.add_argument("--scans", type=int, default=10_000, help="browser: scans in the index")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -29,6 +29,10 @@ def run_bench(what: str, *, json_output: bool, args: argparse.Namespace) -> int:
         from station.bench.frames import bench_frames
 
         result = bench_frames(slices=args.slices, size=args.size, repeat=args.repeat)
+    elif what == "browser":
+        from station.bench.browser import bench_browser
+
+        result = bench_browser(scans=getattr(args, "scans", 10_000), repeat=args.repeat)
     else:  # argparse restricts the choices; this guards direct callers
         raise ValueError(f"unknown benchmark {what!r}")
     if json_output:
