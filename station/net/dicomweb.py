@@ -613,7 +613,10 @@ class DicomWebClient:
         session = self._session()
         self._count(requests=1)
         try:
-            response = session.get(url, params=params, headers={"Accept": accept},
+            # verify= on the request, not only on the session: requests lets REQUESTS_CA_BUNDLE
+            # or CURL_CA_BUNDLE from the environment override a session's CA bundle
+            # (psf/requests#3829), which would silently ignore the configured one.
+            response = session.get(url, params=params, headers={"Accept": accept}, verify=self._verify,
                                    timeout=self._timeout, stream=True)
         except requests.exceptions.SSLError as exc:
             self._count(errors=1)
