@@ -72,7 +72,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from station.net.receiver_process import EventPipeWriter, watch_parent
 
         events_out = EventPipeWriter(sys.stdout.buffer)
+        # stdout is the event pipe now: a stray print (a hook script's) must not corrupt it.
+        sys.stdout = sys.stderr
         watch_parent(stop)
+    from station.net.services import prepare_services
+
+    # Hooks and routing: read their sections and load the hook scripts before listening,
+    # so a broken configuration or script stops us with its message (ConfigError: exit 2).
+    services = prepare_services(settings)
 
     def on_signal(signum: int, _frame: Any) -> None:
         LOGGER.info("signal %d: stopping", signum)
@@ -109,6 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         detection = DetectionService(store, bus, quiet_s=settings.detect.quiet_time_s)
         detection.start()
+    services.start(store, bus, port=receiver.port)
     # Tests and scripts wait for this line; keep its shape.
     say(f"listening on {settings.receiver.host}:{receiver.port} as {receiver.aet} store {store.root}")
     try:
@@ -116,6 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if events_out is not None and events_out.broken.is_set():
                 break  # nobody reads our events any more: the GUI is gone
     finally:
+        services.stop()
         receiver.stop()
         if detection is not None:
             detection.stop()

@@ -149,8 +149,8 @@ def load_settings(path: Path | None = None) -> Settings:
     sections = {f.name for f in dataclasses.fields(Settings) if f.name != "source"}
     for section, values in data.items():
         if section not in sections:
-            # Later features (remotes, routing, hooks) own their own sections.
-            if section in {"remotes", "routing", "hooks", "cache"}:
+            # Later features (remotes, routing, hooks, outbox) own their own sections.
+            if section in {"remotes", "routing", "hooks", "cache", "outbox"}:
                 continue
             raise ConfigError(f"{path}: unknown section [{section}]")
         if not isinstance(values, dict):
