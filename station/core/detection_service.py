@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from station.core.detect import Detector, DetectionRun, DensityDetector, run_detectors_in_pool
+from station.core.detect import detectors as registered_detectors
 from station.core.dicos import Algorithm, write_machine_tdr
 from station.core.events import EventBus, InstanceStored
 from station.core.sopclasses import DICOS_TDR
@@ -70,7 +71,9 @@ class DetectionService:
         self.store = store
         self.bus = bus
         self.quiet_s = quiet_s
-        self.detectors = detectors or [DensityDetector()]
+        # Default: every registered detector (the built-in one plus any a hook script
+        # registered), as they are when the service starts.
+        self.detectors = detectors or registered_detectors() or [DensityDetector()]
         self.workers = workers
         self.stats = DetectionStats()
         self._lock = threading.Lock()
@@ -163,12 +166,14 @@ class DetectionService:
                 raise RuntimeError("; ".join(failed))
             if run.scan is None:
                 raise RuntimeError("the scan's identity could not be read")
-            detector = self.detectors[0]
+            names = "+".join(d.name for d in self.detectors)
+            versions = "+".join(d.version for d in self.detectors)
+            parameters = tuple(p for d in self.detectors for p in getattr(d, "parameters", list)())
             with tempfile.TemporaryDirectory(prefix="station-tdr-") as tmp:
                 out = Path(tmp) / "tdr.dcm"
                 tdr = write_machine_tdr(
                     detections, out, scan=run.scan,
-                    algorithm=Algorithm(detector.name, detector.version, tuple(detector.parameters())),
+                    algorithm=Algorithm(names, versions, parameters),
                     processing_ms=(time.monotonic() - started) * 1000.0,
                 )
                 stored = self.store.ingest([out.read_bytes()], source="station-detector")

@@ -116,8 +116,11 @@ class ReceiverProcess(ReceiverStatus):
     an association thread with an in-process receiver).
     """
 
-    def __init__(self, store_path: str | os.PathLike[str], bus: EventBus, settings: ReceiverSettings) -> None:
+    def __init__(self, store_path: str | os.PathLike[str], bus: EventBus, settings: ReceiverSettings, *,
+                 config_path: str | os.PathLike[str] | None = None) -> None:
         self.store_path = Path(store_path)
+        # The child reads the same file, so hooks, routing and detection settings apply there.
+        self.config_path = Path(config_path) if config_path else None
         self.bus = bus
         self.settings = settings
         self._proc: subprocess.Popen[bytes] | None = None
@@ -142,8 +145,9 @@ class ReceiverProcess(ReceiverStatus):
         if self._proc is not None:
             return
         receiver_json = json.dumps(dataclasses.asdict(self.settings))
-        command = [*station_command("serve"), "--store", str(self.store_path), "--port", str(self.settings.port),
-                   "--events-stdout", "--receiver-json", receiver_json]
+        config = ["--config", str(self.config_path)] if self.config_path else []
+        command = [*station_command("serve"), *config, "--store", str(self.store_path),
+                   "--port", str(self.settings.port), "--events-stdout", "--receiver-json", receiver_json]
         self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         self._reader = threading.Thread(target=self._read, name="receiver-process-events", daemon=True)
         self._reader.start()

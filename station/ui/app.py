@@ -119,7 +119,7 @@ def run_gui(
     start_error = ""
     try:
         if receiver:
-            rx = ReceiverProcess(settings.store.path, bus, settings.receiver)
+            rx = ReceiverProcess(settings.store.path, bus, settings.receiver, config_path=settings.source)
             try:
                 rx.start()
             except ReceiverStartError as exc:

@@ -40,6 +40,7 @@ from station.core.sopclasses import DICOS_TDR
 from station.core.store import SeriesRow, Store, StoreError
 from station.ui.alert_panel import SEVERITY_COLOURS, AlertPanel
 from station.ui.bridge import EventBridge
+from station.ui.routing_panel import make_routing_dock, routing_summary
 from station.ui.scan_list import ScanList
 from station.ui.slice_viewer import SliceViewer
 
@@ -213,6 +214,17 @@ class MainWindow(QMainWindow):
         # -- actions -------------------------------------------------------------------------
         self._add_action("Quit", "Ctrl+Q", self.close)
         self._add_action("Mute alarm sound", "M", lambda: self.alert_panel.set_muted(not self.alert_panel.muted))
+
+        # -- routing: the outgoing queue the receiver process keeps; hidden until wanted
+        self.routing_dock = make_routing_dock(self, settings)
+        self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.routing_dock)
+        self.routing_dock.hide()
+        self.routing_label = QLabel()
+        self.routing_label.setObjectName("RoutingStatus")
+        self.routing_label.setToolTip("Outgoing routing queue (Ctrl+R shows it)")
+        bar.addWidget(self.routing_label)
+        self.routing_dock.widget().countsChanged.connect(self._on_routing_counts)
+        self._add_action("Routing queue", "Ctrl+R", lambda: self.routing_dock.setVisible(self.routing_dock.isHidden()))
         self._add_action("Refresh", "F5", self.refresh)
         self._add_action("Follow new scans", "Esc", self.follow_newest)
         self._add_action("Focus scan list", "Ctrl+L", self.scan_list.setFocus)
@@ -479,6 +491,14 @@ class MainWindow(QMainWindow):
         self._update_alarms()
         self._show_threats()
         return written
+
+    def _on_routing_counts(self, counts: dict) -> None:
+        if not any(counts.values()):
+            self.routing_label.setText("")
+            return
+        failing = counts.get("failing", 0)
+        text = "Routing: " + routing_summary(counts)
+        self.routing_label.setText(f"<span style='color:{_AMBER}'>{text}</span>" if failing else text)
 
     def _update_alarms(self) -> None:
         count = len(self.alert_book.unresolved())
