@@ -303,8 +303,10 @@ def _stow_batch(session: requests.Session, url: str, batch: list[tuple[str, int]
     }
     where = redact(url)
     try:
+        # verify= per request: REQUESTS_CA_BUNDLE in the environment would otherwise
+        # override the session's configured CA bundle (psf/requests#3829).
         response = session.post(url, data=StreamingIterator(size, body()), headers=headers,
-                                timeout=(min(10.0, timeout), timeout))
+                                timeout=(min(10.0, timeout), timeout), verify=session.verify)
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise RouteError(f"STOW-RS {where}: {type(exc).__name__}: {exc}", unreachable=True) from exc
     except (requests.RequestException, OSError) as exc:
