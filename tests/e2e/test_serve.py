@@ -92,13 +92,13 @@ def test_bag_sent_by_storescu_is_stored_whole_and_in_order(tmp_path, free_port, 
 
 def test_full_disk_gets_out_of_resources_status_and_nothing_is_lost(tmp_path, free_port, dcmtk_env):
     """A kernel file-size limit on the receiver stands in for a full disk or quota."""
-    bag = synth.make_bag_volume(size=256, slices=8, seed=4)
+    bag = synth.make_bag_volume(size=512, slices=8, seed=4)  # 512 KB slices
     synth.write_ct_series(bag, tmp_path / "bag")
     (tmp_path / "bag" / "truth.json").unlink(missing_ok=True)
 
     def limit_file_size():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (100 * 1024, 100 * 1024))  # index fits, a slice does not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))  # the index fits, a slice does not
 
     proc = start_serve(tmp_path / "store", free_port, preexec=limit_file_size)
     try:
