@@ -608,6 +608,8 @@ class CacheBrowser(QWidget):
 
     def refresh(self) -> None:
         """Re-read the index (one query) and re-apply the search; keeps the selection."""
+        if self._closed:
+            return  # a refresh scheduled before the window closed; the store may be gone
         keep = self.selected_uids()
         self.model.set_entries(load_entries(self.store, self.alert_book))
         self._update_count()

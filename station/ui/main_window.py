@@ -40,6 +40,7 @@ from station.core.sopclasses import DICOS_TDR
 from station.core.store import SeriesRow, Store, StoreError
 from station.ui.alert_panel import SEVERITY_COLOURS, AlertPanel
 from station.ui.bridge import EventBridge
+from station.ui.cache_browser import make_browser_dock
 from station.ui.routing_panel import make_routing_dock, routing_summary
 from station.ui.scan_list import ScanList
 from station.ui.slice_viewer import SliceViewer
@@ -221,10 +222,15 @@ class MainWindow(QMainWindow):
         self.routing_dock.hide()
         self.routing_label = QLabel()
         self.routing_label.setObjectName("RoutingStatus")
-        self.routing_label.setToolTip("Outgoing routing queue (Ctrl+R shows it)")
         bar.addWidget(self.routing_label)
         self.routing_dock.widget().countsChanged.connect(self._on_routing_counts)
-        self._add_action("Routing queue", "Ctrl+R", lambda: self.routing_dock.setVisible(self.routing_dock.isHidden()))
+        self._add_action("Routing queue", "Ctrl+Shift+R",
+                         lambda: self.routing_dock.setVisible(self.routing_dock.isHidden()))
+        self.routing_label.setToolTip("Outgoing routing queue (Ctrl+Shift+R shows it)")
+
+        # -- the cache browser (Ctrl+B): everything local, searchable, pin/delete/export/import
+        self.browser_dock = make_browser_dock(self)
+        self.browser_dock.hide()  # the viewer keeps the room until the analyst asks (Ctrl+B)
         self._add_action("Refresh", "F5", self.refresh)
         self._add_action("Follow new scans", "Esc", self.follow_newest)
         self._add_action("Focus scan list", "Ctrl+L", self.scan_list.setFocus)
@@ -565,7 +571,9 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
         """Stop the viewer's worker; the application owner stops receiver, bridge, store."""
         self._defer_timer.stop()
+        self._blink.stop()
         self.viewer.shutdown()
+        self.browser_dock.widget().shutdown()
         super().closeEvent(event)
 
 
