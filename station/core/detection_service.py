@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import tempfile
 import threading
 import time
@@ -56,6 +57,15 @@ class DetectionStats:
     failures: int = 0
     last_latency_s: float | None = None
     errors: list[str] = field(default_factory=list)
+
+
+def _lower_priority() -> None:
+    """Pool worker initializer: detection is background work; on a busy two-core station
+    the analyst's GUI and the receiver's acknowledgements must get the CPU first."""
+    try:
+        os.nice(10)
+    except OSError:  # not permitted here: run at normal priority
+        pass
 
 
 class DetectionService:
@@ -148,7 +158,8 @@ class DetectionService:
             return
         if self._pool is None:
             # Spawned workers: forking a process that runs receiver threads is unsafe.
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_lower_priority)
         started = time.monotonic()
         future = run_detectors_in_pool(self._pool, paths, detector_list=self.detectors)
         self._futures.add(future)
