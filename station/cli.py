@@ -110,6 +110,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if events_out is not None:
             events_out.close()
         return 2
+    from station.core.maintenance import StoreMaintenance
+
+    maintenance = StoreMaintenance(store, settings.store)
+    maintenance.start()
     detection = None
     if settings.detect.enabled:
         from station.core.detection_service import DetectionService
@@ -128,6 +132,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         receiver.stop()
         if detection is not None:
             detection.stop()
+        maintenance.stop()
         store.close()
         if events_out is not None:
             events_out.close()

@@ -77,6 +77,11 @@ class ReceiverSettings:
 @dataclass
 class StoreSettings:
     path: Path = field(default_factory=default_store_path)
+    # Disk bounds, applied by the process that owns the store (station serve): least
+    # recently used scans go first; pinned, pending, alarmed and recently opened never.
+    quota_gb: float = 0.0  # 0 = no quota
+    max_age_days: float = 0.0  # 0 = no age limit
+    evict_interval_s: float = 60.0
 
 
 @dataclass
