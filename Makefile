@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run demo test bench lint system-deps venv clean screenshot
+.PHONY: run demo test bench lint system-deps venv clean screenshot package package-test
 
 run: system-deps venv
 	@if [ -z "$$DISPLAY$$WAYLAND_DISPLAY" ] && [ -z "$$QT_QPA_PLATFORM" ]; then \
@@ -27,6 +27,21 @@ lint: venv
 
 screenshot: system-deps venv
 	bash packaging/screenshot-live.sh docs/screenshot-main.png
+
+# The frozen app (PyInstaller, packaging/station.spec) and its .deb, both in dist/.
+package: system-deps venv $(VENV)/.package-stamp
+	$(BIN)/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build/pyinstaller packaging/station.spec
+	PYTHON=$(BIN)/python DEB_XZ_LEVEL=$(DEB_XZ_LEVEL) bash packaging/build-deb.sh dist/inspection-station dist
+
+# What CI runs after `make test`: build the package (fast compression), unpack it and run the
+# frozen --self-test with an empty environment.
+package-test:
+	$(MAKE) package DEB_XZ_LEVEL=1
+	bash packaging/test-package.sh
+
+$(VENV)/.package-stamp: pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,package]'
+	@touch $@
 
 system-deps:
 	@bash packaging/system-deps.sh

@@ -334,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="station", description="Inspection Station analyst workstation",
                                      parents=[common])
     parser.add_argument("--version", action="version", version=f"station {__version__}")
+    parser.add_argument("--self-test", action="store_true",
+                        help="check this installation (pixel decoders, receiver on loopback, the GUI offscreen) "
+                             "and exit 0, or 1 with the reason")
     sub = parser.add_subparsers(dest="command")
 
     def gui_options(p: argparse.ArgumentParser) -> None:
@@ -471,6 +474,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", 0) or 0
+    if args.self_test:
+        from station.selftest import run_self_test
+
+        _setup_logging(verbose)
+        return run_self_test(config=getattr(args, "config", None))
     command = args.command or "gui"
     _setup_logging(verbose, logging.INFO if command in ("serve", "gui", "demo", "simulate") else logging.WARNING)
     if args.command is None:
