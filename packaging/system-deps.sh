@@ -6,7 +6,7 @@ set -u
 PKGS=(dcmtk orthanc orthanc-dicomweb xvfb xdotool
       libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0
       libxcb-xinerama0 libxcb-randr0 libxcb-render-util0 libxcb-image0 libegl1 libgl1
-      libfontconfig1 libdbus-1-3 fonts-dejavu-core)
+      libfontconfig1 libdbus-1-3 fonts-dejavu-core binutils)
 command -v dpkg-query >/dev/null 2>&1 || { echo "system-deps: not a Debian system, skipping"; exit 0; }
 missing=()
 for p in "${PKGS[@]}"; do
