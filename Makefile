@@ -19,7 +19,7 @@ test: system-deps venv
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
 
 bench: system-deps venv
-	@for b in receive detect view reliability; do \
+	@for b in receive detect view frames browser reliability; do \
 	  QT_QPA_PLATFORM=offscreen $(BIN)/station bench $$b --json | tail -n 1 || exit 1; done
 
 lint: venv
