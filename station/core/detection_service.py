@@ -27,6 +27,7 @@ from station.core.detect import Detector, DetectionRun, DensityDetector, run_det
 from station.core.detect import detectors as registered_detectors
 from station.core.dicos import Algorithm, write_machine_tdr
 from station.core.events import EventBus, InstanceStored
+from station.core.hooks import ScanTracker
 from station.core.sopclasses import DICOS_TDR
 from station.core.store import Store, StoreError
 
@@ -38,14 +39,6 @@ CT_SOP_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.2.1",
     "1.2.840.10008.5.1.4.1.1.501.1",
 })
-
-
-@dataclass
-class _Pending:
-    series_uid: str
-    last_seen: float
-    multiframe: bool = False
-    instances: int = 0
 
 
 @dataclass
@@ -87,8 +80,10 @@ class DetectionService:
         self.workers = workers
         self.stats = DetectionStats()
         self._lock = threading.Lock()
-        self._pending: dict[str, _Pending] = {}
+        # The same notion of "complete" as hooks and routing (station.core.hooks).
+        self._tracker = ScanTracker(quiet_s)
         self._running: set[str] = set()
+        self._again: set[str] = set()  # completed again while its detection was running
         self._pool: ProcessPoolExecutor | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -123,30 +118,21 @@ class DetectionService:
     # -- receiver threads -------------------------------------------------------------------
 
     def on_event(self, event: object) -> None:
-        if not isinstance(event, InstanceStored) or event.sop_class_uid not in CT_SOP_CLASSES:
-            return
-        with self._lock:
-            pending = self._pending.get(event.series_uid)
-            if pending is None:
-                pending = self._pending[event.series_uid] = _Pending(event.series_uid, time.monotonic())
-            pending.last_seen = time.monotonic()
-            pending.instances += 1
-            pending.multiframe = pending.multiframe or event.number_of_frames > 1
+        if isinstance(event, InstanceStored) and event.sop_class_uid in CT_SOP_CLASSES:
+            self._tracker.add(event)
 
     # -- watcher thread -----------------------------------------------------------------------
 
     def _watch(self) -> None:
         while not self._stop.wait(0.2):
-            now = time.monotonic()
             ready: list[str] = []
             with self._lock:
-                for uid, pending in list(self._pending.items()):
-                    if uid in self._running:
-                        continue  # more slices arrived while it ran: examine again after
-                    if (pending.multiframe and pending.instances == 1) or now - pending.last_seen >= self.quiet_s:
-                        ready.append(uid)
-                        del self._pending[uid]
-                        self._running.add(uid)
+                for scan in self._tracker.pop_due():
+                    if scan.series_uid in self._running:
+                        self._again.add(scan.series_uid)  # more slices arrived while it ran
+                    else:
+                        self._running.add(scan.series_uid)
+                        ready.append(scan.series_uid)
             for uid in ready:
                 self._submit(uid)
 
@@ -205,3 +191,9 @@ class DetectionService:
         finally:
             with self._lock:
                 self._running.discard(series_uid)
+                again = series_uid in self._again
+                self._again.discard(series_uid)
+                if again:
+                    self._running.add(series_uid)
+            if again and not self._stop.is_set():
+                self._submit(series_uid)  # examine the whole scan again, now with its late slices
