@@ -191,6 +191,41 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0 if not errors else 1
 
 
+def _parse_since(text: str) -> float:
+    """--since: an ISO date/time ("2026-11-22", "2026-11-22T06:00") or hours back ("8h")."""
+    import time
+    from datetime import datetime
+
+    text = text.strip()
+    if text.endswith("h") and text[:-1].replace(".", "", 1).isdigit():
+        return time.time() - float(text[:-1]) * 3600.0
+    try:
+        return datetime.fromisoformat(text).astimezone().timestamp()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--since: {text!r} is neither an ISO date/time nor '<hours>h'") from exc
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """station report: one row per decided scan from the store's audit log (issue 7)."""
+    from station.core.audit import AUDIT_NAME, AuditError, AuditLog
+    from station.core.report import write_report
+
+    settings = _settings(args)
+    audit_path = Path(settings.store.path).expanduser() / AUDIT_NAME
+    if not audit_path.exists():
+        print(f"station report: no audit log at {audit_path}", file=sys.stderr)
+        return 2
+    try:
+        with AuditLog(audit_path) as audit:
+            decisions = audit.decisions(since=args.since)
+    except AuditError as exc:
+        print(f"station report: {exc}", file=sys.stderr)
+        return 1
+    out = write_report(decisions, args.out, args.format)
+    print(f"{len(decisions)} decided scans -> {out}")
+    return 0
+
+
 def cmd_store_ls(args: argparse.Namespace) -> int:
     from station.core.store import Store
 
@@ -408,6 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = store_sub.add_parser("rebuild", parents=[common], help="rebuild the index from the files")
     q.add_argument("--store", metavar="DIR")
     q.set_defaults(func=cmd_store_rebuild)
+
+    p = sub.add_parser("report", parents=[common], help="shift report from the audit log: one row per decided scan")
+    p.add_argument("--store", metavar="DIR")
+    p.add_argument("--format", choices=["csv", "xlsx"], default="csv")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--since", type=_parse_since, metavar="WHEN", help="ISO date/time, or hours back ('8h')")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("volume", parents=[common], help="assemble a series into a volume (rescaled, sorted)")
     p.add_argument("paths", nargs="+", metavar="PATH")

@@ -182,6 +182,30 @@ class AlertBook:
     def unresolved(self) -> list[Alert]:
         return [a for a in self.alerts() if not self.is_resolved(a)]
 
+    def atr_verdict(self, series_uid: str) -> str | None:
+        """What the machine TDRs of a scan say: ALARM if any alarms, CLEAR if all clear,
+        None when no machine TDR of it is known (triage: what Enter accepts)."""
+        with self._lock:
+            if any(a.series_uid == series_uid for a in self._alerts.values()):
+                return "ALARM"
+            machines = list(self._machine.values())
+        for tdr in machines:
+            if tdr.alarm_decision == "CLEAR" and self._series_for(tdr) == series_uid:
+                return "CLEAR"
+        return None
+
+    def has_machine_tdr(self, series_uid: str) -> bool:
+        with self._lock:
+            return any(a.series_uid == series_uid for a in self._alerts.values())
+
+    def reopen(self, series_uid: str) -> None:
+        """An undone decision: the scan's alarms are unresolved again (the operator TDRs
+        already written stay in the store; the next decision writes new ones)."""
+        with self._lock:
+            for alert in self._alerts.values():
+                if alert.series_uid == series_uid:
+                    self._resolved.pop(alert.tdr_uid, None)
+
     # -- deciding -------------------------------------------------------------------------------
 
     def record_decision(self, series_uid: str, decision: str, operator: str, *,

@@ -87,6 +87,9 @@ class StoreSettings:
 @dataclass
 class UiSettings:
     mode: str = "airport"  # "airport" (bag/OOI, MHU) or "clinic" (patient, HU)
+    keymap: str = ""  # a keymap file overriding resources/keymap.toml ("": <config dir>/keymap.toml)
+    undo_window_s: float = 10.0  # Ctrl+Z withdraws the last decision for this long
+    alarms_first: bool = False  # triage queue order: alarmed scans first (else arrival order)
 
 
 @dataclass

@@ -127,8 +127,17 @@ def run_gui(
                 LOGGER.error("receiver not started: %s", exc)
         store = Store(settings.store.path, maintenance=rx is None or not rx.is_running)
         window = MainWindow(store, bridge, settings, receiver=rx)
-        if operator:
-            window.set_operator(operator)
+        if not operator:
+            # Every decision is recorded under an operator ID: ask before the shift starts
+            # (`station gui --operator ID` skips this). Cancel quits.
+            from station.ui.triage import ask_operator
+
+            operator = ask_operator(None)
+            if not operator:
+                LOGGER.info("no operator signed in: quitting")
+                window.close()
+                return 1
+        window.set_operator(operator)
         if simulator:
             if rx is not None and rx.is_running:
                 sim = SimulatorProcess(rx.host, rx.port, rx.aet, settings.simulator)

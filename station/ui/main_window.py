@@ -44,6 +44,7 @@ from station.ui.cache_browser import make_browser_dock
 from station.ui.routing_panel import make_routing_dock, routing_summary
 from station.ui.scan_list import ScanList
 from station.ui.slice_viewer import SliceViewer
+from station.ui.triage import TriageController
 
 LOGGER = logging.getLogger(__name__)
 
@@ -245,6 +246,9 @@ class MainWindow(QMainWindow):
 
         self._known = set(self.scan_list.scan_model.uids())
         self._update_panel_count()
+        # Keyboard triage (issue 7): decision keys, queue, audit log, undo; rebinds the
+        # actions above from the keymap, so it comes last.
+        self.triage = TriageController(self)
         self.resize(1600, 1000)
 
     def _add_action(self, text: str, shortcut: str, slot) -> QAction:
@@ -296,10 +300,14 @@ class MainWindow(QMainWindow):
     def set_operator(self, name: str) -> None:
         """Show who is on shift (decisions will be recorded under this name)."""
         self._operator = name
-        label = QLabel(f"Operator: {name}")
-        label.setObjectName("OperatorStatus")
-        self.statusBar().insertPermanentWidget(0, label)
-        self.operator_label = label
+        if self.operator_label is not None:  # a change of operator (sign in again)
+            self.operator_label.setText(f"Operator: {name}")
+        else:
+            label = QLabel(f"Operator: {name}")
+            label.setObjectName("OperatorStatus")
+            self.statusBar().insertPermanentWidget(0, label)
+            self.operator_label = label
+        self.triage.on_operator(name)
 
     @property
     def following(self) -> bool:
@@ -487,12 +495,14 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(
             f"{decision.title()} recorded by {who}" + ("" if written else " (no alarm to resolve)"), 5000)
 
-    def record_decision(self, decision: str, operator: str | None = None) -> list[str]:
+    def record_decision(self, decision: str, operator: str | None = None, *,
+                        pto_marks: dict[int, str] | None = None, note: str = "") -> list[str]:
         """Write the operator TDR(s) for the open scan (CLEAR, SUSPECT or THREAT)."""
         uid = self.viewer.series_uid
         if uid is None:
             return []
-        written = self.alert_book.record_decision(uid, decision, operator or self._operator or "unknown")
+        written = self.alert_book.record_decision(uid, decision, operator or self._operator or "unknown",
+                                                  pto_marks=pto_marks, note=note)
         self.alert_panel.refresh()
         self._update_alarms()
         self._show_threats()
@@ -572,6 +582,7 @@ class MainWindow(QMainWindow):
         """Stop the viewer's worker; the application owner stops receiver, bridge, store."""
         self._defer_timer.stop()
         self._blink.stop()
+        self.triage.close()
         self.viewer.shutdown()
         self.browser_dock.widget().shutdown()
         super().closeEvent(event)

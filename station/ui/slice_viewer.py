@@ -25,7 +25,9 @@ Ctrl+wheel or +/- zoom, Shift+drag or middle drag pan, R resets; right drag wind
 1 series window, 2-6 presets; A auto window; C colour map, I inverse; L layout;
 S slab mode (MIP, MinIP, average) with [ ] thickness; P projection MIP/average, , . turn;
 T threat boxes, N next threat; D ruler, O region statistics, Delete clears them;
-X crosshair; H help.
+X crosshair; H help. Inside the main window 1-3, N, P, F1 and ? are triage keys
+(station.ui.triage): there the presets are Alt+1..6, next threat Shift+N and the
+projection mode Shift+P (the modifiers reach this handler with the same key code).
 """
 
 from __future__ import annotations
@@ -152,6 +154,7 @@ _HELP = (
     ("T · N", "threat boxes · next threat"),
     ("D · O · Del", "ruler · region statistics · clear"),
     ("X · H", "crosshair · this help"),
+    ("Alt+1–6 · Shift+N · Shift+P", "in the station (1-3, N, P are triage keys; F1 lists all)"),
 )
 """Key help (H): (keys, what they do), painted as a table over the axial view."""
 
