@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import tempfile
 import threading
 import time
@@ -28,6 +27,7 @@ from station.core.detect import detectors as registered_detectors
 from station.core.dicos import Algorithm, write_machine_tdr
 from station.core.events import EventBus, InstanceStored
 from station.core.hooks import ScanTracker
+from station.core.priority import lower_priority
 from station.core.sopclasses import DICOS_TDR
 from station.core.store import Store, StoreError
 
@@ -50,15 +50,6 @@ class DetectionStats:
     failures: int = 0
     last_latency_s: float | None = None
     errors: list[str] = field(default_factory=list)
-
-
-def _lower_priority() -> None:
-    """Pool worker initializer: detection is background work; on a busy two-core station
-    the analyst's GUI and the receiver's acknowledgements must get the CPU first."""
-    try:
-        os.nice(10)
-    except OSError:  # not permitted here: run at normal priority
-        pass
 
 
 class DetectionService:
@@ -84,6 +75,7 @@ class DetectionService:
         self._tracker = ScanTracker(quiet_s)
         self._running: set[str] = set()
         self._again: set[str] = set()  # completed again while its detection was running
+        self._examined: dict[str, tuple[int, int]] = {}  # series -> (instances, bytes) last examined
         self._pool: ProcessPoolExecutor | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,15 +129,20 @@ class DetectionService:
                 self._submit(uid)
 
     def _submit(self, series_uid: str) -> None:
-        paths = [str(i.path) for i in self.store.instances(series_uid)]
-        if not paths:
+        instances = self.store.instances(series_uid)
+        paths = [str(i.path) for i in instances]
+        # A scanner that sends the same scan again (same instances, same bytes) gets no
+        # second report: it would only duplicate every alert of that scan.
+        snapshot = (len(instances), sum(i.bytes for i in instances))
+        if not paths or self._examined.get(series_uid) == snapshot:
             with self._lock:
                 self._running.discard(series_uid)
             return
+        self._examined[series_uid] = snapshot
         if self._pool is None:
             # Spawned workers: forking a process that runs receiver threads is unsafe.
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_lower_priority)
+                                             initializer=lower_priority)
         started = time.monotonic()
         future = run_detectors_in_pool(self._pool, paths, detector_list=self.detectors)
         self._futures.add(future)

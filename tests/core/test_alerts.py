@@ -130,3 +130,24 @@ def test_detection_service_examines_a_complete_scan_and_stores_a_machine_tdr(sto
     book.load()
     (alert,) = book.alerts()
     assert alert.from_station and alert.source.startswith("station detector")
+
+
+def test_a_scan_sent_again_unchanged_gets_no_second_report(store, tmp_path):
+    bus = EventBus()
+    reports: list[InstanceStored] = []
+    first = threading.Event()
+    bus.subscribe(lambda e: (reports.append(e), first.set())
+                  if isinstance(e, InstanceStored) and e.sop_class_uid == DICOS_TDR else None)
+    service = DetectionService(store, bus, quiet_s=0.2, detectors=[DensityDetector()])
+    service.start()
+    try:
+        bag = synth.make_bag_volume(size=64, slices=16, threats=1, seed=22)
+        (ct,) = [f for f in synth.write_ct_series(bag, tmp_path / "d", dicos=True) if f.suffix == ".dcm"]
+        bus.publish(store.import_file(ct))
+        assert first.wait(120)
+        bus.publish(store.import_file(ct))  # the scanner sends the same scan again
+        deadline = threading.Event()
+        deadline.wait(2.0)  # well past the quiet time and a detection run
+    finally:
+        service.stop()
+    assert len(reports) == 1
