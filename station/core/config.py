@@ -117,15 +117,19 @@ class Settings:
     source: Path | None = None  # the file these settings came from, if any
 
 
-def _coerce(section: str, key: str, value: Any, target: Any, origin: Path) -> Any:
-    kind = type(target)
-    if isinstance(target, Path):
+def coerce_setting(kind: type, value: Any, where: str, *, echo: bool = True) -> Any:
+    """A TOML value checked against (and converted to) the type of the setting it sets.
+
+    `where` names the file, section and key for the error message. ``echo=False`` keeps
+    the value out of the message (it may be a secret typed under the wrong key).
+    """
+    if kind is Path or issubclass(kind, Path):
         if not isinstance(value, str):
-            raise ConfigError(f"{origin}: [{section}] {key} must be a path string")
+            raise ConfigError(f"{where} must be a path string")
         return Path(value).expanduser()
     if kind is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{origin}: [{section}] {key} must be true or false")
+            raise ConfigError(f"{where} must be true or false")
         return value
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -135,7 +139,12 @@ def _coerce(section: str, key: str, value: Any, target: Any, origin: Path) -> An
         return value
     if kind is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
-    raise ConfigError(f"{origin}: [{section}] {key} must be of type {kind.__name__}, got {value!r}")
+    got = f", got {value!r}" if echo else ""
+    raise ConfigError(f"{where} must be of type {kind.__name__}{got}")
+
+
+def _coerce(section: str, key: str, value: Any, target: Any, origin: Path) -> Any:
+    return coerce_setting(Path if isinstance(target, Path) else type(target), value, f"{origin}: [{section}] {key}")
 
 
 def load_settings(path: Path | None = None) -> Settings:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from station.core.config import ConfigError, default_config_path
+from station.core.config import ConfigError, coerce_setting, default_config_path
 
 AUTH_KINDS: tuple[str, ...] = ("none", "basic", "bearer")
 """How a DICOMweb remote authenticates: nothing, HTTP Basic, or an OAuth-style bearer token."""
@@ -106,23 +106,8 @@ assert set(_FIELD_TYPES) == {f.name for f in dataclasses.fields(RemoteSettings)}
 
 
 def _coerce(where: str, key: str, value: Any) -> Any:
-    kind = _FIELD_TYPES[key]
-    if kind is Path:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: {key} must be a path string")
-        return Path(value).expanduser()
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {key} must be true or false")
-        return value
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind is str and isinstance(value, str):
-        return value
     # Never echo a value: it may be a secret typed into the wrong key.
-    raise ConfigError(f"{where}: {key} must be of type {kind.__name__}")
+    return coerce_setting(_FIELD_TYPES[key], value, f"{where}: {key}", echo=False)
 
 
 def _valid_aet(aet: str) -> bool:
