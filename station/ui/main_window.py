@@ -37,7 +37,7 @@ from station.core.events import (
 from station.core.alerts import Alert, AlertBook
 from station.core.mpr import ThreatBox
 from station.core.sopclasses import DICOS_TDR
-from station.core.store import SeriesRow, Store, StoreError
+from station.core.store import SeriesRow, Store
 from station.ui.alert_panel import SEVERITY_COLOURS, AlertPanel
 from station.ui.bridge import EventBridge
 from station.ui.cache_browser import make_browser_dock
@@ -485,17 +485,8 @@ class MainWindow(QMainWindow):
         self._focus_alert = None
 
     def _on_decision_requested(self, decision: str) -> None:
-        if self.viewer.series_uid is None:
-            self.statusBar().showMessage("Open a scan first", 4000)
-            return
-        try:
-            written = self.record_decision(decision)
-        except (ValueError, StoreError) as exc:
-            self.statusBar().showMessage(f"Decision not recorded: {exc}", 8000)
-            return
-        who = self._operator or "unknown operator"
-        self.statusBar().showMessage(
-            f"{decision.title()} recorded by {who}" + ("" if written else " (no alarm to resolve)"), 5000)
+        """Alert panel buttons: the same path as the decision keys (TDRs, audit log, next scan)."""
+        self.triage.decide(decision)
 
     def record_decision(self, decision: str, operator: str | None = None, *,
                         pto_marks: dict[int, str] | None = None, note: str = "") -> list[str]:
