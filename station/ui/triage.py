@@ -226,6 +226,7 @@ class TriageController(QObject):
         self.cheat_sheet: CheatSheet | None = None
         self.stats_dialog: ShiftStatsDialog | None = None
         self.actions: dict[str, QAction] = {}
+        self._closed = False
 
         for name, slot in (
             ("clear", lambda: self.decide("CLEAR")),
@@ -256,6 +257,7 @@ class TriageController(QObject):
             if name and name in self.keymap.keys:
                 self.keymap.bind(action, name)
 
+        self._reopen_undone()
         window.bridge.seriesChanged.connect(self._on_series_changed)
         window.scan_list.seriesChosen.connect(lambda *_: self._note_shown())
         window.viewer.volumeGrew.connect(lambda _n: self._note_shown())
@@ -279,6 +281,16 @@ class TriageController(QObject):
             ScanInfo(r.series_uid, r.first_received, r.series_uid in alarmed,
                      bool(states.get(r.series_uid, (False, None, ""))[2]), r.modality)
             for r in store.series_list())
+
+    def _reopen_undone(self) -> None:
+        """At start: scans whose last decision was undone are pending again, although the
+        undone decision's operator TDR (history, never deleted) marks their alarms resolved."""
+        if self.audit is None:
+            return
+        decided = {e.series_uid for e in self.audit.decisions()}
+        for uid in {e.series_uid for e in self.audit.events(kind="undo")} - decided:
+            self.window.alert_book.reopen(uid)
+        self.window.alert_panel.refresh()
 
     def _on_series_changed(self, _uids: set[str]) -> None:
         self.rebuild()
@@ -484,12 +496,13 @@ class TriageController(QObject):
                 LOGGER.error("%s", exc)
 
     def close(self) -> None:
+        """The window closes (may happen twice): dialogs, the focus hook, the audit log."""
+        if self._closed:
+            return
+        self._closed = True
         app = QApplication.instance()
         if app is not None:
-            try:
-                app.focusChanged.disconnect(self._on_focus_changed)
-            except (RuntimeError, TypeError):
-                pass
+            app.focusChanged.disconnect(self._on_focus_changed)
         for dialog in (self.cheat_sheet, self.stats_dialog):
             if dialog is not None:
                 dialog.close()

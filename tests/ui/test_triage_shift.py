@@ -211,6 +211,30 @@ def test_a_whole_shift_with_the_keyboard_only(qtbot, window, store, bus, tmp_pat
     dialog.close()
 
 
+def test_an_undone_alarm_is_unresolved_again_after_a_restart(qtbot, store, bridge, settings, bus, tmp_path):
+    ((ct, tdr),) = [b for i, b in enumerate(_bags(tmp_path, 2)) if i == 1]
+    first = MainWindow(store, bridge, settings)
+    qtbot.addWidget(first)
+    first.show()
+    first.activateWindow()
+    first.set_operator("OP-5")
+    _arrive(store, bus, [ct, tdr])
+    qtbot.waitUntil(lambda: len(first.alert_book.unresolved()) == 1, timeout=5000)
+    _key(qtbot, first, Qt.Key.Key_N)
+    _key(qtbot, first, Qt.Key.Key_3)
+    assert not first.alert_book.unresolved()
+    _key(qtbot, first, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert len(first.alert_book.unresolved()) == 1
+    first.close()
+    again = MainWindow(store, bridge, settings)  # the operator TDR of the undone THREAT is in the store
+    qtbot.addWidget(again)
+    try:
+        assert len(again.alert_book.unresolved()) == 1
+        assert len(again.triage.queue.pending()) == 1
+    finally:
+        again.close()
+
+
 def test_undo_only_within_its_window(qtbot, window, store, bus, tmp_path, ct_files):
     window.set_operator("OP-1")
     window.triage.undo_window_s = 0.2
