@@ -53,6 +53,9 @@ def cmd_gui(args: argparse.Namespace, *, simulator: bool = False) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    # The demo opens straight onto arriving bags; a real shift signs in (station gui).
+    if not args.operator:
+        args.operator = "DEMO"
     return cmd_gui(args, simulator=True)
 
 
