@@ -65,6 +65,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import DT
 
+from station.core.files import expand_paths
 from station.core.sopclasses import DICOS_SOP_CLASSES, DICOS_TDR, is_dicos
 
 LOGGER = logging.getLogger(__name__)
@@ -907,25 +908,12 @@ def inspect_main(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]
     ``{"path": ..., "error": "<file>: <problem>"}`` instead and does not stop the others;
     the CLI should exit non-zero when any object has an "error" key."""
     out: list[dict[str, Any]] = []
-    for p in _expand(paths):
+    for p in expand_paths(paths, skip_suffixes=(".json",)):
         try:
             out.append(inspect_file(p))
         except DicosError as exc:
             LOGGER.warning("%s", exc)
             out.append({"path": str(p), "error": str(exc)})
-    return out
-
-
-def _expand(paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[Path]:
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    out: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix != ".json"))
-        else:
-            out.append(p)
     return out
 
 

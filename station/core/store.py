@@ -49,6 +49,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from station.core.events import InstanceStored
+from station.core.files import expand_paths
 
 LOGGER = logging.getLogger(__name__)
 
@@ -672,7 +673,7 @@ class Store:
         """Import files and folders (recursively); return what was stored and one error per bad file."""
         stored: list[InstanceStored] = []
         errors: list[str] = []
-        for file in _walk(paths):
+        for file in expand_paths(paths):
             try:
                 stored.append(self.import_file(file))
             except StoreFullError:
@@ -1015,17 +1016,6 @@ class Store:
                 c.execute("ROLLBACK")
                 raise
         return count
-
-
-def _walk(paths: Iterable[str | os.PathLike[str]]) -> Iterable[Path]:
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            for sub in sorted(p.rglob("*")):
-                if sub.is_file() and not sub.name.startswith("."):
-                    yield sub
-        else:
-            yield p
 
 
 def _to_part10(raw: bytes, origin: Path) -> bytes:

@@ -44,6 +44,8 @@ from pydicom.pixels import as_pixel_options, get_decoder
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
+from station.core.files import expand_paths
+
 LOGGER = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
@@ -880,25 +882,12 @@ class SeriesVolume:
 # --------------------------------------------------------------------------- series helpers
 
 
-def _expand(paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[Path]:
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    out: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.is_file()))
-        else:
-            out.append(p)
-    return out
-
-
 def _group_headers(paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> dict[str, list[_FileHeader]]:
     """Headers of the image files among ``paths`` by series key; unreadable and non-image
     files (TDRs, reports, DICOMDIR, stray files) are skipped with a log line."""
     groups: dict[str, list[_FileHeader]] = {}
     signatures: dict[str, list[tuple[Any, ...]]] = {}
-    for path in sorted(set(_expand(paths))):
+    for path in sorted(set(expand_paths(paths))):
         try:
             h = _read_header(path)
         except VolumeError as exc:

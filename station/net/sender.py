@@ -18,6 +18,7 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
 
+from station.core.files import expand_paths
 from station.net import reactor
 from station.net.sopclasses import register_dicos_sop_classes
 
@@ -41,17 +42,6 @@ class SendResult:
     @property
     def ok(self) -> bool:
         return not self.failed
-
-
-def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given, folders recursively, in a stable order; hidden files skipped."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")))
-        else:
-            out.append(p)
-    return out
 
 
 def _sop_and_syntax(path: Path) -> tuple[str, str]:
