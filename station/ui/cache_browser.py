@@ -39,9 +39,10 @@ from PySide6.QtCore import (
     QTimer,
     Signal,
 )
-from PySide6.QtGui import QAction, QColor, QFont, QImage, QKeySequence, QPixmap
+from PySide6.QtGui import QAction, QBrush, QColor, QFont, QImage, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QDockWidget,
     QFileDialog,
     QHBoxLayout,
@@ -237,6 +238,9 @@ _SORT_KEYS: dict[int, Callable[[BrowserEntry], object]] = {
 # ----------------------------------------------------------------------------- the model
 
 
+_GROUP_SHADE = QBrush(QColor("#2c3036"))  # every other bag / patient group, on the dark theme
+
+
 class BrowserModel(QAbstractTableModel):
     """Filtered, sorted rows of ``BrowserEntry``; rows reach the view in ``FETCH_BATCH``es.
 
@@ -257,6 +261,12 @@ class BrowserModel(QAbstractTableModel):
         self._sort_col = COL_THUMB
         self._sort_order = Qt.SortOrder.AscendingOrder
         self._thumbs: dict[str, QPixmap | None] = {}  # None: asked for, not there yet / none
+        # Grouped by bag / patient: a group's scans are kept together, in the chosen order,
+        # and the group's place is that of its first scan; the ID shows once per group.
+        self.grouped = True
+        self._group_first: list[bool] = []
+        self._group_size: dict[str, int] = {}
+        self._group_odd: list[bool] = []
 
     # -- content ------------------------------------------------------------------------
 
@@ -291,9 +301,26 @@ class BrowserModel(QAbstractTableModel):
         q = self._query
         rows = [e for e in self._all if q.matches(e)]
         rows.sort(key=_SORT_KEYS[self._sort_col], reverse=self._sort_order == Qt.SortOrder.DescendingOrder)
+        if self.grouped:
+            first_at: dict[str, int] = {}
+            for i, e in enumerate(rows):
+                first_at.setdefault(e.patient_id, i)
+            rows.sort(key=lambda e: first_at[e.patient_id])  # stable: keeps the order inside a group
+        self._group_first, self._group_odd, self._group_size = [], [], {}
+        odd = True
+        for i, e in enumerate(rows):
+            starts = i == 0 or rows[i - 1].patient_id != e.patient_id
+            odd = (not odd) if starts else odd
+            self._group_first.append(starts)
+            self._group_odd.append(odd)
+            self._group_size[e.patient_id] = self._group_size.get(e.patient_id, 0) + 1
         self._rows = rows
         self._shown = min(len(rows), FETCH_BATCH)
         self.endResetModel()
+
+    def set_grouped(self, grouped: bool) -> None:
+        self.grouped = bool(grouped)
+        self._rebuild()
 
     def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
         if column not in _SORT_KEYS:
@@ -345,8 +372,16 @@ class BrowserModel(QAbstractTableModel):
             return None
         e = self._rows[index.row()]
         col = index.column()
+        row = index.row()
         if role == Qt.ItemDataRole.DisplayRole:
+            if self.grouped and col == COL_ID:
+                if not self._group_first[row]:
+                    return "    └"  # the same bag / patient as the row above
+                n = self._group_size.get(e.patient_id, 1)
+                return self._display(e, col) + (f"   ({n})" if n > 1 else "")
             return self._display(e, col)
+        if role == Qt.ItemDataRole.BackgroundRole and self.grouped:
+            return _GROUP_SHADE if self._group_odd[row] else None
         if role == Qt.ItemDataRole.DecorationRole and col == COL_THUMB:
             if e.series_uid not in self._thumbs:
                 self._thumbs[e.series_uid] = None
@@ -521,7 +556,7 @@ class CacheBrowser(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setAlternatingRowColors(True)
+        self.table.setAlternatingRowColors(not self.model.grouped)  # groups are shaded instead
         self.table.setShowGrid(False)
         self.table.setWordWrap(False)
         self.table.setIconSize(QSize(THUMB_PX, THUMB_PX))
@@ -587,6 +622,18 @@ class CacheBrowser(QWidget):
         head.addWidget(title)
         head.addWidget(self.count_label)
         head.addStretch(1)
+        self.group_box = QCheckBox("Group by " + ("bag" if mode == "airport" else "patient"))
+        self.group_box.setObjectName("BrowserGroup")
+        self.group_box.setChecked(self.model.grouped)
+        self.group_box.setToolTip("Keep each bag's / patient's scans together (Ctrl+G)")
+        self.group_box.toggled.connect(self._on_group_toggled)
+        head.addWidget(self.group_box)
+        group_action = QAction("Group", self)
+        group_action.setShortcut(QKeySequence("Ctrl+G"))
+        group_action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        group_action.triggered.connect(self.group_box.toggle)
+        self.addAction(group_action)
+        self.actions_by_name["group"] = group_action
         layout = QVBoxLayout(self)
         layout.setContentsMargins(8, 6, 8, 6)
         layout.setSpacing(6)
@@ -745,6 +792,13 @@ class CacheBrowser(QWidget):
         self._pool.waitForDone()
 
     # -- slots ---------------------------------------------------------------------------------
+
+    def _on_group_toggled(self, grouped: bool) -> None:
+        keep = self.selected_uids()
+        self.model.set_grouped(grouped)
+        self.table.setAlternatingRowColors(not grouped)
+        for uid in keep[:1]:
+            self.select(uid)
 
     def _on_search_changed(self, text: str) -> None:
         self.model.set_query(parse_query(text))

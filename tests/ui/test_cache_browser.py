@@ -182,3 +182,25 @@ def test_lazy_model_fetches_in_batches(qtbot, store):
     b.set_filter("P01150")
     assert _rows(b) == ["P01150"]
     b.shutdown()
+
+
+def test_scans_are_grouped_by_bag_and_the_group_can_be_switched_off(qtbot, store, ct_files):
+    from station.ui.cache_browser import CacheBrowser
+
+    # Arrival order interleaves two bags: A, B, A.
+    for pid in ("BAG-A", "BAG-B", "BAG-A"):
+        store.import_paths(ct_files(1, patient_id=pid))
+    browser = CacheBrowser(store, None)
+    qtbot.addWidget(browser)
+    browser.refresh()
+    model = browser.model
+    assert model.grouped and browser.group_box.isChecked()
+    ids = [e.patient_id for e in model.entries()]
+    assert ids in (["BAG-A", "BAG-A", "BAG-B"], ["BAG-B", "BAG-A", "BAG-A"])
+    texts = [model.data(model.index(r, COL_ID)) for r in range(3)]
+    first_a = ids.index("BAG-A")
+    assert texts[first_a].startswith("BAG-A") and texts[first_a].endswith("(2)")
+    assert texts[first_a + 1].strip() == "└"  # the same bag as the row above
+    browser.group_box.setChecked(False)
+    assert [model.data(model.index(r, COL_ID)) for r in range(3)] == [e.patient_id for e in model.entries()]
+    assert sorted(e.patient_id for e in model.entries()) == ["BAG-A", "BAG-A", "BAG-B"]
