@@ -79,6 +79,12 @@ class RemoteSettings:
     def has_dimse(self) -> bool:
         return bool(self.aet and self.host and self.port)
 
+    @property
+    def tls_verify(self) -> bool | str:
+        """What an HTTP client's ``verify`` should be: the CA bundle's path when one is
+        configured (and checking is on), else True or False."""
+        return str(self.ca_bundle) if (self.verify and self.ca_bundle) else self.verify
+
     def secret(self) -> str:
         """The password (basic) or token (bearer), from its environment variable when one
         is named, else from the file; "" for ``auth = "none"``. Raises ConfigError when

@@ -519,11 +519,10 @@ class DicomWebClient:
         """A client for a configured remote (auth, CA bundle, timeout from the settings)."""
         if not remote.dicomweb:
             raise ValueError(f"remote {remote.name!r} has no dicomweb URL")
-        verify: bool | str = str(remote.ca_bundle) if (remote.verify and remote.ca_bundle) else remote.verify
         return cls(
             remote.dicomweb,
             auth=auth_for(remote.auth, remote.username, remote.secret()),
-            verify=verify,
+            verify=remote.tls_verify,
             timeout=remote.timeout,
             cache=cache,
             **kwargs,

@@ -236,7 +236,7 @@ def _session_for(remote: RemoteSettings) -> requests.Session:
     except ConfigError as exc:
         session.close()
         raise RouteError(str(exc), unreachable=True) from exc
-    session.verify = str(remote.ca_bundle) if (remote.verify and remote.ca_bundle) else remote.verify
+    session.verify = remote.tls_verify
     return session
 
 
