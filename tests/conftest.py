@@ -16,8 +16,9 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from tests.dicom_factory import make_ct_files  # noqa: E402  (re-exported for tests)
+from tests.orthanc_fixtures import orthanc, scans  # noqa: E402  (a real Orthanc for net and ui tests)
 
-__all__ = ["make_ct_files"]
+__all__ = ["make_ct_files", "orthanc", "scans"]
 
 
 @pytest.fixture(autouse=True)

@@ -304,6 +304,7 @@ class ClientStats:
     frames_from_cache: int = 0
     rendered_frames: int = 0
     errors: int = 0
+    offline_answers: int = 0  # JSON answers served from the cache because the store was down
 
     def minus(self, other: ClientStats) -> ClientStats:
         """Counters accumulated since ``other`` was taken."""
@@ -511,6 +512,9 @@ class DicomWebClient:
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
         self._stats = ClientStats()
+        #: True while the store is unreachable (the last JSON request failed to connect);
+        #: a UI shows "offline". Set by any thread, read by any thread (a plain bool).
+        self.offline = False
         # Instances whose raw frames the server refused: ask for rendered ones directly.
         self._rendered_only: dict[str, str] = {}
 
@@ -680,12 +684,37 @@ class DicomWebClient:
         return ServerError(message, url, status)
 
     def _get_json(self, url: str, params: Mapping[str, str] | None = None) -> Any:
+        """GET a DICOM JSON answer (QIDO-RS, WADO-RS metadata).
+
+        With a frame cache, every answer is also kept there (same key rule: URL plus
+        Accept), and when the store is unreachable the last answer to the same URL is
+        returned instead, however old: searches and series metadata keep working offline
+        for what was looked at before (``offline_answers`` counts these, ``offline``
+        says the last JSON request was one). Without a cached answer the
+        ``RemoteUnavailable`` propagates.
+        """
         if params:
             # '*' (wildcards) and ',' (value lists) stay literal: RFC 3986 allows them in
             # a query, and Orthanc does not decode %2A, so an encoded wildcard matches nothing.
             url = f"{url}?{urlencode(params, safe='*,')}"
-        status, _, body = self._get(url, DICOM_JSON_ACCEPT)
-        if status == 204 or not body.strip():
+        try:
+            status, _, body = self._get(url, DICOM_JSON_ACCEPT)
+        except RemoteUnavailable:
+            cached = self.cache.get(url, DICOM_JSON_ACCEPT, allow_stale=True) if self.cache is not None else None
+            if cached is None:
+                self.offline = True
+                raise
+            LOGGER.info("DICOMweb %s: store unreachable, answering from the cache", redact(url))
+            self.offline = True
+            self._count(offline_answers=1)
+            body = cached.data
+        else:
+            self.offline = False
+            if status == 204:
+                body = b""
+            if self.cache is not None:
+                self.cache.put(url, DICOM_JSON_ACCEPT, DICOM_JSON_ACCEPT, body)
+        if not body.strip():
             return []
         try:
             return json.loads(body)

@@ -29,7 +29,7 @@ from station.net.dicomweb import (
     auth_for,
     decode_frame,
 )
-from tests.net.conftest import SIZE, SLICES
+from tests.orthanc_fixtures import SIZE, SLICES
 
 HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"  # Orthanc 1.10 cannot produce it
 

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from station.bench.frames import free_port
-from tests.net.conftest import SLICES
+from tests.orthanc_fixtures import SLICES
 
 
 def fetch(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,7 @@ from station.core.framecache import FrameCache
 from station.core.volume import VolumeError
 from station.net.dicomweb import DicomWebClient
 from station.net.remote_series import FrameArrived, PullProgress, RemoteSeries, SeriesLayout
-from tests.net.conftest import SIZE, SLICES
+from tests.orthanc_fixtures import SIZE, SLICES
 
 
 class Recorder:

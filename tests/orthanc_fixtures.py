@@ -1,4 +1,5 @@
-"""Fixtures for tests against a real Orthanc with the DICOMweb plugin (Debian packages).
+"""Fixtures for tests against a real Orthanc with the DICOMweb plugin (Debian packages);
+tests/conftest.py registers them for every test directory.
 
 One private Orthanc per test session on 127.0.0.1 (ephemeral HTTP and DICOM ports, its
 own storage in a temp dir), started by ``station.bench.frames.OrthancServer`` and
