@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from station.core.volume import SeriesVolume, SliceInfo
+from station.core.volume import SeriesVolume, SliceInfo, SliceNotLoaded
 
 LOGGER = logging.getLogger(__name__)
 
@@ -193,7 +193,8 @@ class SliceStore:
 
         Worker thread (any thread but the GUI's: reading a 2000-slice series takes a
         second or more). Stops early, keeping what it has, when ``should_stop()`` turns
-        true. Raises what ``SeriesVolume.stored_slice`` raises for unreadable pixels.
+        true. Raises what ``SeriesVolume.stored_slice`` raises for unreadable pixels;
+        slices whose pixels have not arrived (``SliceNotLoaded``) are skipped.
         """
         with self._lock:
             slices = self.volume.slices
@@ -204,7 +205,10 @@ class SliceStore:
                     continue
                 if should_stop is not None and should_stop():
                     break
-                values, slope, intercept = self.volume.stored_slice(s)
+                try:
+                    values, slope, intercept = self.volume.stored_slice(s)
+                except SliceNotLoaded:
+                    continue  # a remote slice still on its way: a later gather takes it
                 keep_view = isinstance(values, np.memmap) and per_file[s.path] >= self.view_min_frames
                 if keep_view:
                     self.views += 1

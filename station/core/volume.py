@@ -29,7 +29,7 @@ import os
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -882,6 +882,147 @@ class SeriesVolume:
 # --------------------------------------------------------------------------- series helpers
 
 
+class SliceNotLoaded(VolumeError):
+    """The slice is known (its place and geometry) but its pixels have not arrived yet."""
+
+
+class FrameVolume(SeriesVolume):
+    """A series whose every slice is known up front and whose pixels arrive later, in
+    any order: a remote series opened from its metadata while frames are fetched.
+
+    The geometry and every property are those of ``SeriesVolume`` (same rules, same
+    code); only the pixels differ. ``put(k, values)`` stores slice ``k`` (float32
+    modality values, or a rendered 8-bit display image); until then ``stored_slice``,
+    ``raw_slice`` and ``slice`` raise ``SliceNotLoaded`` and ``array`` has NaN there.
+    Values that are whole numbers in int16 range are kept as int16 (CT in HU or MHU: half
+    the memory of float32, exact). Thread-safe: one or more writers (fetch workers), any
+    readers; ``version`` increments on every ``put``.
+    """
+
+    def __init__(
+        self,
+        series_uid: str,
+        slices: Sequence[SliceInfo],
+        *,
+        rows: int,
+        columns: int,
+        orientation: tuple[float, ...] | None,
+        pixel_spacing: tuple[float, float] | None,
+        slice_thickness: float | None = None,
+        modality: str = "",
+        sop_class_uid: str = "",
+        rescale_type: str = "",
+        window: tuple[float, float] | None = None,
+        photometric: str = "MONOCHROME2",
+    ) -> None:
+        super().__init__(series_uid, cache_bytes=0, max_open_maps=0)
+        normal = _normal(orientation)
+        positioned = bool(slices) and all(s.position_mm is not None for s in slices)
+        self._geometry = _SeriesGeometry(
+            rows=rows, columns=columns, orientation=orientation, pixel_spacing=pixel_spacing,
+            slice_thickness=slice_thickness, normal=normal, positioned=positioned, modality=modality,
+            sop_class_uid=sop_class_uid, rescale_type=rescale_type, window=window, photometric=photometric,
+        )
+        ordered = tuple(slices)
+        projections = tuple(float(np.dot(normal, s.position_mm)) if s.position_mm is not None else 0.0
+                            for s in ordered)
+        self._state = _Snapshot(ordered, (), projections, 0)
+        self._sops = {s.sop_instance_uid for s in ordered}
+        self._index = {(s.sop_instance_uid, s.frame_index): i for i, s in enumerate(ordered)}
+        self._frames: list[np.ndarray | None] = [None] * len(ordered)
+        self._loaded = 0
+        self._bytes = 0
+        self.rendered = False  # True once a frame came as a rendered display image
+
+    def add_file(self, path: str | os.PathLike[str]) -> int:
+        raise VolumeError("a FrameVolume is filled with put(), not from files")
+
+    # ----------------------------------------------------------------- writing
+
+    def put(self, k: int, values: np.ndarray, *, rendered: bool = False) -> bool:
+        """Store slice ``k``'s pixels; False if it was there already. Any thread."""
+        geo = self._geometry
+        assert geo is not None
+        if values.shape != (geo.rows, geo.columns):
+            raise VolumeError(f"slice {k}: {values.shape} pixels, series has {geo.rows}x{geo.columns}")
+        stored = values
+        if not rendered and values.dtype.kind == "f":
+            small = values.astype(np.int16)
+            if np.array_equal(small, values):
+                stored = small
+        stored = np.ascontiguousarray(stored)
+        stored.flags.writeable = False
+        with self._write_lock:
+            if self._frames[k] is not None:
+                return False
+            self._frames[k] = stored
+            self._loaded += 1
+            self._bytes += stored.nbytes
+            self.rendered = self.rendered or rendered
+            state = self._state
+            self._state = _Snapshot(state.slices, state.keys, state.projections, state.version + 1)
+        return True
+
+    # ----------------------------------------------------------------- state
+
+    @property
+    def loaded(self) -> int:
+        """How many slices have their pixels."""
+        return self._loaded
+
+    @property
+    def complete(self) -> bool:
+        return self._loaded == len(self._frames)
+
+    def has(self, k: int | SliceInfo) -> bool:
+        i = self._position(k)
+        return self._frames[i] is not None
+
+    def missing(self) -> list[int]:
+        """Indices of the slices still without pixels."""
+        return [i for i, f in enumerate(self._frames) if f is None]
+
+    @property
+    def cache_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def rescale_type(self) -> str:
+        return "" if self.rendered else super().rescale_type
+
+    # ----------------------------------------------------------------- pixels
+
+    def _position(self, k: int | SliceInfo) -> int:
+        if isinstance(k, SliceInfo):
+            return self._index[(k.sop_instance_uid, k.frame_index)]
+        return k
+
+    def raw_slice(self, k: int) -> np.ndarray:
+        return self._frame(k)
+
+    def stored_slice(self, k: int | SliceInfo) -> tuple[np.ndarray, float, float]:
+        return self._frame(k), 1.0, 0.0  # put() took modality values: no rescale left
+
+    def slice(self, k: int) -> np.ndarray:
+        return self._frame(k).astype(np.float32)
+
+    def array(self) -> np.ndarray:
+        geo = self._geometry
+        assert geo is not None
+        out = np.full((len(self._frames), geo.rows, geo.columns), np.nan, dtype=np.float32)
+        for i, f in enumerate(self._frames):
+            if f is not None:
+                out[i] = f
+        return out
+
+    def _frame(self, k: int | SliceInfo) -> np.ndarray:
+        i = self._position(k)
+        frame = self._frames[i]
+        if frame is None:
+            raise SliceNotLoaded(f"slice {i} of series {self._series_uid} has not arrived yet")
+        return frame
+
+
 def _group_headers(paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> dict[str, list[_FileHeader]]:
     """Headers of the image files among ``paths`` by series key; unreadable and non-image
     files (TDRs, reports, DICOMDIR, stray files) are skipped with a log line."""
@@ -940,7 +1081,9 @@ def load_volume(
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
+    "FrameVolume",
     "SeriesVolume",
+    "SliceNotLoaded",
     "SliceInfo",
     "VolumeError",
     "group_series",

@@ -641,3 +641,68 @@ def test_adding_files_reads_headers_only(tmp_path):
     assert vol.n_slices == 100
     assert isinstance(vol.slices[0], SliceInfo)
     assert vol.cache_bytes == 0
+
+
+# ----------------------------------------------------------------------------- FrameVolume
+
+
+def _frame_volume(n: int = 4, rows: int = 6, cols: int = 5):
+    from station.core.volume import FrameVolume
+
+    # Slices given in viewing order; positions ascend along the normal (z here).
+    slices = [SliceInfo(path=Path("remote", f"1.2.{k}"), frame_index=0, position_mm=(0.0, 0.0, 2.5 * k),
+                        instance_number=k + 1, sop_instance_uid=f"1.2.{k}") for k in range(n)]
+    return FrameVolume("1.2.3", slices, rows=rows, columns=cols, orientation=(1, 0, 0, 0, 1, 0),
+                       pixel_spacing=(0.5, 0.7), modality="CT", rescale_type="MHU")
+
+
+def test_frame_volume_knows_every_slice_before_any_pixel():
+    from station.core.volume import SliceNotLoaded
+
+    vol = _frame_volume()
+    assert vol.shape == (4, 6, 5) and vol.loaded == 0 and not vol.complete
+    assert vol.spacing_mm == (2.5, 0.5, 0.7) and vol.rescale_type == "MHU" and vol.modality == "CT"
+    assert vol.nearest_slice(5.1) == 2
+    with pytest.raises(SliceNotLoaded):
+        vol.stored_slice(1)
+    with pytest.raises(VolumeError):  # a SliceNotLoaded is a VolumeError for older callers
+        vol.slice(vol.slices[3])
+    assert np.isnan(vol.array()).all()
+
+
+def test_frame_volume_put_keeps_whole_numbers_as_int16_and_counts():
+    vol = _frame_volume()
+    v0 = vol.version
+    whole = np.arange(30, dtype=np.float32).reshape(6, 5) - 1000
+    fraction = whole + 0.5
+    assert vol.put(2, whole) and vol.version == v0 + 1
+    assert not vol.put(2, whole)  # once only
+    assert vol.put(0, fraction)
+    values, slope, intercept = vol.stored_slice(vol.slices[2])
+    assert values.dtype == np.int16 and (slope, intercept) == (1.0, 0.0)
+    np.testing.assert_array_equal(values, whole)
+    assert vol.stored_slice(0)[0].dtype == np.float32
+    np.testing.assert_array_equal(vol.slice(0), fraction)
+    assert vol.loaded == 2 and vol.missing() == [1, 3] and vol.has(2) and not vol.has(vol.slices[1])
+    array = vol.array()
+    np.testing.assert_array_equal(array[2], whole)
+    assert np.isnan(array[1]).all()
+    with pytest.raises(VolumeError, match="pixels"):
+        vol.put(1, np.zeros((5, 6), dtype=np.float32))
+    vol.put(1, np.zeros((6, 5), dtype=np.uint8), rendered=True)
+    assert vol.rendered and vol.rescale_type == ""  # display values, not MHU
+
+
+def test_slice_store_gathers_what_has_arrived_and_the_rest_later():
+    from station.core.mpr import SliceStore
+
+    vol = _frame_volume()
+    store = SliceStore(vol)
+    vol.put(1, np.full((6, 5), 7.0, dtype=np.float32))
+    assert store.gather() == 1 and not store.complete_for(vol.slices)
+    coronal = store.reslice(vol.slices, "coronal", 2)
+    assert np.isnan(coronal[0]).all() and (coronal[1] == 7).all()
+    for k in (0, 2, 3):
+        vol.put(k, np.full((6, 5), float(k), dtype=np.float32))
+    assert store.gather() == 4 and store.complete_for(vol.slices)
+    np.testing.assert_array_equal(store.reslice(vol.slices, "sagittal", 0)[:, 0], [0, 7, 2, 3])
