@@ -40,6 +40,11 @@ def default_store_path() -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME)) / "store"
 
 
+def default_frame_cache_dir() -> Path:
+    """Where frames and answers pulled from remote stores are cached between runs."""
+    return Path(platformdirs.user_cache_dir(APP_NAME)) / "frames"
+
+
 def default_config_path() -> Path:
     return Path(platformdirs.user_config_dir(APP_NAME)) / "station.toml"
 

@@ -49,6 +49,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from station.core.volume import (  # geometry rules shared with local volumes
+    FrameVolume,
+    SliceInfo,
     VolumeError,
     _fg,
     _float,
@@ -182,6 +184,22 @@ class SeriesLayout:
             return np.eye(3)
         o = self.orientation
         return np.array([o[:3], o[3:], self.normal], dtype=float)
+
+    def frame_volume(self) -> FrameVolume:
+        """An empty ``FrameVolume`` with this layout's slices (same order, same index)
+        for a viewer to show while ``RemoteSeries`` fills it."""
+        slices = [
+            SliceInfo(path=Path("remote", s.sop_instance_uid), frame_index=s.frame_number - 1,
+                      position_mm=s.position_mm, instance_number=s.instance_number,
+                      sop_instance_uid=s.sop_instance_uid)
+            for s in self.slices
+        ]
+        return FrameVolume(
+            self.series_uid, slices, rows=self.rows, columns=self.columns, orientation=self.orientation,
+            pixel_spacing=self.pixel_spacing, slice_thickness=self.slice_thickness, modality=self.modality,
+            sop_class_uid=self.sop_class_uid, rescale_type=self.rescale_type, window=self.window,
+            photometric=self.photometric,
+        )
 
     @classmethod
     def from_metadata(cls, datasets: Sequence[Dataset], *, study_uid: str = "", series_uid: str = "") -> SeriesLayout:
@@ -781,9 +799,7 @@ def fetch_command(args: Any) -> int:
     import json
     import sys
 
-    import platformdirs
-
-    from station.core.config import APP_NAME
+    from station.core.config import default_frame_cache_dir
     from station.core.framecache import FrameCache
     from station.core.remotes import RemoteSettings, find_remote, load_remotes, validate_remote
 
@@ -803,7 +819,7 @@ def fetch_command(args: Any) -> int:
     if not remote.dicomweb:
         print(f"station fetch: remote {remote.name!r} has no dicomweb URL", file=sys.stderr)
         return 2
-    cache_dir = None if args.no_cache else Path(args.cache_dir or Path(platformdirs.user_cache_dir(APP_NAME)) / "frames")
+    cache_dir = None if args.no_cache else Path(args.cache_dir or default_frame_cache_dir())
     cache = FrameCache(cache_dir)
     try:
         with DicomWebClient.from_settings(remote, cache=cache) as client:

@@ -15,6 +15,15 @@ Search syntax (terms combine with AND)::
 Free words match ID, name, description or UID (case-insensitive). ``mod:CT,DX`` modality;
 ``alarm:yes|no|resolved``; a date ``2026-11-01``, a range ``A..B``, ``A..`` or ``..B``;
 ``pin:yes|no``; ``dec:<decision>`` (``dec:none`` for undecided); ``src:<text>``.
+
+Remote stores. With ``[[remotes]]`` configured, the "Search archive" switch (Ctrl+Shift+A)
+also sends the search to every remote (``station.ui.remote_view.RemoteStores``: QIDO-RS
+through the query cache, a short pause after typing): the first word matches ID or name,
+dates and ``mod:`` go along, the other terms filter the answers here. Remote scans appear
+beside the local ones, marked ``remote: <name>`` in blue, unless the same series is held
+locally; opening one shows it in the viewer while its frames arrive. Pin, delete and
+export apply to local scans only. When a remote does not answer, the last answer to the
+same search is shown (offline) and the status line says so.
 """
 
 from __future__ import annotations
@@ -58,6 +67,8 @@ from PySide6.QtWidgets import (
 
 from station.core.alerts import AlertBook
 from station.core.store import Store, StoreError
+from station.net.remote_search import RemoteHit, SearchTerms
+from station.ui.remote_view import RemoteStores
 from station.ui.scan_list import human_size
 
 LOGGER = logging.getLogger(__name__)
@@ -72,12 +83,15 @@ FETCH_BATCH = 500
 THUMB_PX = 40
 #: Thumbnails kept in memory (a 40 px pixmap is ~6 kB).
 THUMB_CACHE = 2000
+#: Pause after the last keystroke before the search goes to the remote stores.
+REMOTE_SEARCH_DELAY_MS = 350
 REPORT_MODALITIES = frozenset({"TDR"})  # alarm objects, not scans: shown only with mod:TDR
 
 _ALARM = QColor("#ff6b6b")
 _RESOLVED = QColor("#5cc98a")
 _DIM = QColor("#8b929c")
 _PIN = "★ "
+_REMOTE = QColor("#6cb4ff")
 
 
 # ------------------------------------------------------------------------- rows and query
@@ -101,6 +115,19 @@ class BrowserEntry:
     decision: str
     source: str
     haystack: str = field(default="", repr=False)
+    remote: str = ""  # the remote store's name for a scan found there ("" = local)
+    study_uid: str = ""  # remote scans: needed to address the series (WADO-RS)
+
+
+def remote_entry(hit: RemoteHit) -> BrowserEntry:
+    """A browser row for a series found on a remote store."""
+    return BrowserEntry(
+        series_uid=hit.series_uid, patient_id=hit.patient_id, patient_name=hit.patient_name,
+        description=hit.description, date=_iso_date(hit.study_date, 0), modality=hit.modality,
+        images=hit.instances, nbytes=0, received=0.0, pinned=False, alarm="no", decision="",
+        source=f"remote: {hit.remote}", remote=hit.remote, study_uid=hit.study_uid,
+        haystack=f"{hit.patient_id}\n{hit.patient_name}\n{hit.description}\n{hit.series_uid}".lower(),
+    )
 
 
 def _iso_date(study_date: str, received: float) -> str:
@@ -157,6 +184,16 @@ class BrowserQuery:
     pinned: bool | None = None
     decision: str | None = None  # upper case; "" means undecided
     source: str | None = None
+    raw_words: tuple[str, ...] = ()  # the words as typed (a remote may match IDs by case)
+
+    @property
+    def local_only(self) -> bool:
+        """Asks about local state (alarms, pins, decisions): no remote scan can match."""
+        return self.alarm in ("yes", "resolved") or self.pinned is True or bool(self.decision)
+
+    def remote_terms(self) -> SearchTerms:
+        return SearchTerms(words=self.raw_words, modalities=tuple(sorted(self.modalities)),
+                           date_from=self.date_from, date_to=self.date_to)
 
     def matches(self, e: BrowserEntry) -> bool:
         if self.modalities:
@@ -186,6 +223,7 @@ _YES = {"yes", "y", "1", "true", "on"}
 def parse_query(text: str) -> BrowserQuery:
     """Parse the search syntax of the module docstring; unknown ``key:`` terms are words."""
     words: list[str] = []
+    raw: list[str] = []
     kw: dict[str, object] = {}
     for token in text.split():
         key, sep, value = token.partition(":")
@@ -218,7 +256,8 @@ def parse_query(text: str) -> BrowserQuery:
             kw["date_from"] = kw["date_to"] = day
             continue
         words.append(token.lower())
-    return BrowserQuery(words=tuple(words), **kw)  # type: ignore[arg-type]
+        raw.append(token)
+    return BrowserQuery(words=tuple(words), raw_words=tuple(raw), **kw)  # type: ignore[arg-type]
 
 
 _SORT_KEYS: dict[int, Callable[[BrowserEntry], object]] = {
@@ -255,6 +294,7 @@ class BrowserModel(QAbstractTableModel):
         super().__init__(parent)
         self._mode = mode
         self._all: list[BrowserEntry] = []
+        self._remote: list[BrowserEntry] = []
         self._rows: list[BrowserEntry] = []
         self._shown = 0
         self._query = BrowserQuery()
@@ -273,6 +313,15 @@ class BrowserModel(QAbstractTableModel):
     def set_entries(self, entries: list[BrowserEntry]) -> None:
         self._all = entries
         self._rebuild()
+
+    def set_remote_entries(self, entries: list[BrowserEntry]) -> None:
+        """Scans found on remote stores, shown beside the local ones (a series held
+        locally is shown once, as local)."""
+        self._remote = entries
+        self._rebuild()
+
+    def remote_count(self) -> int:
+        return sum(1 for e in self._rows if e.remote)
 
     def set_query(self, query: BrowserQuery) -> None:
         self._query = query
@@ -300,6 +349,9 @@ class BrowserModel(QAbstractTableModel):
         self.beginResetModel()
         q = self._query
         rows = [e for e in self._all if q.matches(e)]
+        if self._remote:
+            local = {e.series_uid for e in self._all}
+            rows += [e for e in self._remote if e.series_uid not in local and q.matches(e)]
         rows.sort(key=_SORT_KEYS[self._sort_col], reverse=self._sort_order == Qt.SortOrder.DescendingOrder)
         if self.grouped:
             first_at: dict[str, int] = {}
@@ -383,11 +435,15 @@ class BrowserModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.BackgroundRole and self.grouped:
             return _GROUP_SHADE if self._group_odd[row] else None
         if role == Qt.ItemDataRole.DecorationRole and col == COL_THUMB:
+            if e.remote:
+                return None  # no pixels here until opened
             if e.series_uid not in self._thumbs:
                 self._thumbs[e.series_uid] = None
                 self.thumbnailWanted.emit(e.series_uid)
             return self._thumbs[e.series_uid]
         if role == Qt.ItemDataRole.ForegroundRole:
+            if e.remote and col in (COL_ID, COL_SOURCE):
+                return _REMOTE
             if col == COL_ALARM:
                 return {"yes": _ALARM, "resolved": _RESOLVED}.get(e.alarm, _DIM)
             if col in (COL_SOURCE, COL_DATE):
@@ -398,6 +454,9 @@ class BrowserModel(QAbstractTableModel):
             return font
         if role == Qt.ItemDataRole.TextAlignmentRole and col in (COL_IMAGES, COL_SIZE):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == Qt.ItemDataRole.ToolTipRole and e.remote:
+            return (f"{e.patient_id} {e.patient_name}\n{e.description}\nSeries UID: {e.series_uid}\n"
+                    f"On remote store {e.remote!r}: opens in the viewer as its frames arrive")
         if role == Qt.ItemDataRole.ToolTipRole:
             return (f"{e.patient_id} {e.patient_name}\n{e.description}\nSeries UID: {e.series_uid}\n"
                     f"Received {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e.received))}"
@@ -419,7 +478,7 @@ class BrowserModel(QAbstractTableModel):
         if col == COL_IMAGES:
             return str(e.images)
         if col == COL_SIZE:
-            return human_size(e.nbytes)
+            return "remote" if e.remote else human_size(e.nbytes)
         if col == COL_ALARM:
             return {"yes": "ALARM", "resolved": "resolved"}.get(e.alarm, "—")
         if col == COL_DECISION:
@@ -511,13 +570,16 @@ class CacheBrowser(QWidget):
     """
 
     openRequested = Signal(str)
+    remoteOpenRequested = Signal(str, str, str, str)  # remote, study UID, series UID, label
     importFinished = Signal(int, list)
     exportFinished = Signal(list, list)
 
     def __init__(self, store: Store, alert_book: AlertBook | None = None, *, mode: str = "airport",
                  in_use: Callable[[], Iterable[str | None]] = tuple, thumbnails: bool = True,
-                 parent: QWidget | None = None) -> None:
+                 remotes: RemoteStores | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.remotes = remotes
+        self._remote_generation = 0
         self.setObjectName("CacheBrowser")
         self.store = store
         self.alert_book = alert_book
@@ -615,7 +677,7 @@ class CacheBrowser(QWidget):
         self.status.setObjectName("BrowserStatus")
         self.status.setWordWrap(True)
 
-        title = QLabel("Local store")
+        title = QLabel("Local store" if remotes is None or not remotes.names else "Local store and archive")
         title.setObjectName("PanelTitle")
         head = QHBoxLayout()
         head.setContentsMargins(0, 0, 0, 0)
@@ -628,6 +690,29 @@ class CacheBrowser(QWidget):
         self.group_box.setToolTip("Keep each bag's / patient's scans together (Ctrl+G)")
         self.group_box.toggled.connect(self._on_group_toggled)
         head.addWidget(self.group_box)
+        # Remote stores: off until asked for (each search then costs the archive a query).
+        names = remotes.names if remotes is not None else []
+        self.remote_box = QCheckBox("Search archive" if len(names) == 1 else f"Search {len(names)} archives")
+        self.remote_box.setObjectName("BrowserRemote")
+        self.remote_box.setToolTip("Also search the remote store(s) " + ", ".join(names)
+                                   + " (Ctrl+Shift+A); their scans open as their frames arrive")
+        self.remote_box.toggled.connect(self._on_remote_toggled)
+        self.remote_box.setVisible(bool(names))
+        head.addWidget(self.remote_box)
+        remote_action = QAction("Search archive", self)
+        remote_action.setShortcut(QKeySequence("Ctrl+Shift+A"))
+        remote_action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        remote_action.triggered.connect(lambda: self.remote_box.setChecked(bool(names) and not self.remote_box.isChecked()))
+        self.addAction(remote_action)
+        self.actions_by_name["remote"] = remote_action
+        self._remote_timer = QTimer(self)
+        self._remote_timer.setSingleShot(True)
+        self._remote_timer.setInterval(REMOTE_SEARCH_DELAY_MS)
+        self._remote_timer.timeout.connect(self.search_remotes)
+        if remotes is not None:
+            remotes.searchFinished.connect(self._on_remote_results)
+            if remotes.errors:
+                self._set_status("; ".join(remotes.errors), error=True)
         group_action = QAction("Group", self)
         group_action.setShortcut(QKeySequence("Ctrl+G"))
         group_action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
@@ -668,18 +753,35 @@ class CacheBrowser(QWidget):
         if not self._refresh_timer.isActive():
             self._refresh_timer.start()
 
+    def search_remotes(self) -> bool:
+        """Send the current search to the remote stores now (the switch must be on).
+        False when nothing was asked (switch off, no remotes, a local-only search)."""
+        self._remote_timer.stop()
+        if self.remotes is None or not self.remote_box.isChecked() or self._closed:
+            return False
+        query = parse_query(self.search.text())
+        if query.local_only:
+            self.model.set_remote_entries([])
+            self._update_count()
+            return False
+        self._remote_generation = self.remotes.search(query.remote_terms())
+        self._set_status("Searching " + ", ".join(self.remotes.names) + "…")
+        return True
+
+    def selected_entries(self) -> list[BrowserEntry]:
+        rows = sorted({i.row() for i in self.table.selectionModel().selectedRows()})
+        return [e for e in (self.model.entry(r) for r in rows) if e is not None]
+
+    def _selected_local(self) -> list[str]:
+        """Selected local scans (pin, delete and export do not apply to remote ones)."""
+        return [e.series_uid for e in self.selected_entries() if not e.remote]
+
     def set_filter(self, text: str) -> None:
         """Set the search text (the table filters at once)."""
         self.search.setText(text)
 
     def selected_uids(self) -> list[str]:
-        rows = sorted({i.row() for i in self.table.selectionModel().selectedRows()})
-        out = []
-        for r in rows:
-            e = self.model.entry(r)
-            if e is not None:
-                out.append(e.series_uid)
-        return out
+        return [e.series_uid for e in self.selected_entries()]
 
     def select(self, series_uid: str) -> bool:
         row = self.model.row_of(series_uid)
@@ -690,13 +792,13 @@ class CacheBrowser(QWidget):
         return True
 
     def open_selected(self) -> None:
-        uids = self.selected_uids()
-        if uids:
-            self._open(uids[0])
+        entries = self.selected_entries()
+        if entries:
+            self._open(entries[0])
 
     def toggle_pin(self) -> None:
         """Pin the selected scans (never evicted), or unpin them if all are pinned."""
-        uids = self.selected_uids()
+        uids = self._selected_local()
         if not uids:
             return
         pinned = {e.series_uid for e in self.model.entries() if e.pinned}
@@ -708,7 +810,7 @@ class CacheBrowser(QWidget):
 
     def delete_selected(self) -> None:
         """Delete the selected scans after a confirmation; scans in use are refused."""
-        uids = self.selected_uids()
+        uids = self._selected_local()
         if not uids:
             return
         in_use = {u for u in self._in_use() if u}
@@ -734,7 +836,7 @@ class CacheBrowser(QWidget):
     def export_selected(self, dest: str | Path | None = None, *, zip_file: bool = False) -> bool:
         """Export the selected scans to a folder or a zip (asks where when ``dest`` is None).
         Runs on the pool; ``exportFinished`` reports. Returns False if nothing was started."""
-        uids = self.selected_uids()
+        uids = self._selected_local()
         if not uids:
             return False
         if dest is None:
@@ -788,6 +890,7 @@ class CacheBrowser(QWidget):
         """Stop background work (called when the window closes). GUI thread."""
         self._closed = True
         self._refresh_timer.stop()
+        self._remote_timer.stop()
         self._pool.clear()
         self._pool.waitForDone()
 
@@ -803,6 +906,8 @@ class CacheBrowser(QWidget):
     def _on_search_changed(self, text: str) -> None:
         self.model.set_query(parse_query(text))
         self._update_count()
+        if self.remote_box.isChecked():
+            self._remote_timer.start()  # a pause in typing, then one search
         if self.model.rowCount() and not self.selected_uids():
             self.table.selectRow(0)
 
@@ -818,12 +923,36 @@ class CacheBrowser(QWidget):
     def _on_activated(self, index: QModelIndex) -> None:
         e = self.model.entry(index.row())
         if e is not None:
-            self._open(e.series_uid)
+            self._open(e)
 
     def _on_selection_changed(self, *_: object) -> None:
-        some = bool(self.selected_uids())
-        for name in ("open", "pin", "delete", "export", "export_zip"):
-            self.actions_by_name[name].setEnabled(some)
+        self.actions_by_name["open"].setEnabled(bool(self.selected_entries()))
+        local = bool(self._selected_local())
+        for name in ("pin", "delete", "export", "export_zip"):
+            self.actions_by_name[name].setEnabled(local)
+
+    def _on_remote_toggled(self, on: bool) -> None:
+        if on:
+            self.search_remotes()
+        else:
+            self._remote_timer.stop()
+            self._remote_generation = -1  # answers still on their way are dropped
+            self.model.set_remote_entries([])
+            self._update_count()
+            self._set_status("")
+
+    def _on_remote_results(self, generation: int, hits: list, errors: list) -> None:
+        if generation != self._remote_generation or not self.remote_box.isChecked():
+            return  # an older search, or the switch went off meanwhile
+        keep = self.selected_uids()
+        self.model.set_remote_entries([remote_entry(h) for h in hits])
+        self._update_count()
+        for uid in keep[:1]:
+            self.select(uid)
+        if errors:
+            self._set_status("; ".join(errors), error=True)
+        else:
+            self._set_status(f"{len(hits)} scan(s) found on " + ", ".join(self.remotes.names if self.remotes else []))
 
     def _on_thumbnail_wanted(self, series_uid: str) -> None:
         if not self._thumbnails or self._closed:
@@ -857,7 +986,12 @@ class CacheBrowser(QWidget):
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _open(self, series_uid: str) -> None:
+    def _open(self, entry: BrowserEntry) -> None:
+        if entry.remote:
+            label = " ".join(t for t in (entry.patient_id, entry.modality, entry.date) if t)
+            self.remoteOpenRequested.emit(entry.remote, entry.study_uid, entry.series_uid, label)
+            return
+        series_uid = entry.series_uid
         try:
             self.store.touch(series_uid)
         except Exception:  # recording the access must never stop the analyst opening it
@@ -871,8 +1005,10 @@ class CacheBrowser(QWidget):
         return series_uid
 
     def _update_count(self) -> None:
-        shown, total = len(self.model.entries()), self.model.total()
-        self.count_label.setText(f"{shown} of {total}" if shown != total else f"{total}")
+        remote = self.model.remote_count()
+        shown, total = len(self.model.entries()) - remote, self.model.total()
+        text = f"{shown} of {total}" if shown != total else f"{total}"
+        self.count_label.setText(text + (f"  ·  {remote} remote" if remote else ""))
 
     def _set_status(self, text: str, *, error: bool = False) -> None:
         LOGGER.log(logging.WARNING if error else logging.INFO, "cache browser: %s", text)
@@ -886,9 +1022,11 @@ def make_browser_dock(window) -> QDockWidget:
     viewer = getattr(window, "viewer", None)
     browser = CacheBrowser(
         window.store, getattr(window, "alert_book", None), mode=getattr(window, "mode", "airport"),
-        in_use=lambda: (getattr(viewer, "series_uid", None),),
+        in_use=lambda: (getattr(viewer, "series_uid", None),), remotes=getattr(window, "remotes", None),
     )
     browser.openRequested.connect(lambda uid: window.select_series(uid))
+    if hasattr(window, "open_remote"):
+        browser.remoteOpenRequested.connect(window.open_remote)
     bridge = getattr(window, "bridge", None)
     if bridge is not None:
         bridge.seriesChanged.connect(browser.schedule_refresh)

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QObject, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from station.core.config import Settings
+from station.core.config import ConfigError, Settings
 from station.core.events import (
     AssociationClosed,
     AssociationOpened,
@@ -36,11 +36,15 @@ from station.core.events import (
 )
 from station.core.alerts import Alert, AlertBook
 from station.core.mpr import ThreatBox
+from station.core.remotes import load_remotes
+from station.core.volume import FrameVolume
+from station.net.remote_series import PullProgress
 from station.core.sopclasses import DICOS_TDR
 from station.core.store import SeriesRow, Store
 from station.ui.alert_panel import SEVERITY_COLOURS, AlertPanel
 from station.ui.bridge import EventBridge
 from station.ui.cache_browser import make_browser_dock
+from station.ui.remote_view import RemoteStores, progress_text
 from station.ui.routing_panel import make_routing_dock, routing_summary
 from station.ui.scan_list import ScanList
 from station.ui.slice_viewer import SliceViewer
@@ -81,7 +85,8 @@ class MainWindow(QMainWindow):
     status bar shows what the bridge reports, starting from "not listening".
     """
 
-    def __init__(self, store: Store, bridge: EventBridge, settings: Settings, receiver=None) -> None:
+    def __init__(self, store: Store, bridge: EventBridge, settings: Settings, receiver=None,
+                 remotes: RemoteStores | None = None) -> None:
         super().__init__()
         self.setWindowTitle("Inspection Station")
         self.setObjectName("MainWindow")
@@ -229,6 +234,15 @@ class MainWindow(QMainWindow):
                          lambda: self.routing_dock.setVisible(self.routing_dock.isHidden()))
         self.routing_label.setToolTip("Outgoing routing queue (Ctrl+Shift+R shows it)")
 
+        # -- remote stores ([[remotes]]): searched from the browser, viewed as frames arrive
+        self.remotes = remotes if remotes is not None else _load_remote_stores(settings, self)
+        self.remote_open: str | None = None  # the remote whose series the viewer shows
+        self.remotes.seriesOpened.connect(self._on_remote_opened)
+        self.remotes.openFailed.connect(self._on_remote_failed)
+        self.remotes.framesArrived.connect(self._on_remote_frames)
+        self.remotes.progress.connect(self._on_remote_progress)
+        self.viewer.sliceChanged.connect(self.remotes.set_current)
+
         # -- the cache browser (Ctrl+B): everything local, searchable, pin/delete/export/import
         self.browser_dock = make_browser_dock(self)
         self.browser_dock.hide()  # the viewer keeps the room until the analyst asks (Ctrl+B)
@@ -267,6 +281,18 @@ class MainWindow(QMainWindow):
             self._choose(series_uid)
         self.scan_list.select_series(series_uid, explicit=explicit)
         return self._open(series_uid)
+
+    def open_remote(self, remote: str, study_uid: str, series_uid: str, label: str = "") -> int:
+        """Show a series of a remote store: the viewer opens as soon as its metadata is
+        here and fills as frames arrive (visible slice first). Counts as the analyst's
+        choice (following new scans stops). Returns the open's ticket."""
+        self._choose(series_uid)
+        self.scan_list.clear_choice()  # a local row picked next is a change of scan
+        self.viewer.clear()
+        self.remote_open = remote
+        self._remote_label = f"{label}  ·  {remote}" if label else remote
+        self.statusBar().showMessage(f"Opening a scan from {remote}…", 4000)
+        return self.remotes.open_series(remote, study_uid, series_uid, label=self._remote_label)
 
     def refresh(self) -> None:
         """Re-read the store (F5): the list, and files of the open scan that nobody announced
@@ -412,11 +438,14 @@ class MainWindow(QMainWindow):
 
     def _open(self, series_uid: str) -> bool:
         """Show `series_uid` in the viewer (no-op if it is already there)."""
-        if self.viewer.series_uid == series_uid:
+        if self.viewer.series_uid == series_uid and self.remote_open is None:
             return True
         row = self.store.series(series_uid)
         if row is None:
             return False
+        if self.remote_open is not None:
+            self.remotes.close_series()  # stop pulling the remote scan we leave
+            self.remote_open = None
         paths = [i.path for i in self.store.instances(series_uid)]
         LOGGER.debug("opening series %s (%d files)", series_uid, len(paths))
         self.viewer.set_series(series_uid, paths, label=_scan_label(row, self.mode))
@@ -424,6 +453,38 @@ class MainWindow(QMainWindow):
         self.scan_list.scan_model.mark_viewed(series_uid)
         self._update_panel_count()
         return True
+
+    # -- remote series -------------------------------------------------------------------------------
+
+    def _on_remote_opened(self, ticket: int, volume: FrameVolume, label: str) -> None:
+        if ticket != self.remotes.ticket or self.remote_open is None:
+            return
+        self.viewer.set_volume(volume, label=label)
+        self.viewer.set_threats([])
+        self._on_remote_frames(ticket)  # frames from the cache may be in already
+
+    def _on_remote_failed(self, ticket: int, message: str) -> None:
+        if ticket != self.remotes.ticket:
+            return
+        self.statusBar().showMessage(f"Cannot open the remote scan: {message}", 10000)
+        self.viewer.set_status(f"cannot open: {message}", alert=True)
+
+    def _on_remote_frames(self, ticket: int) -> None:
+        if ticket != self.remotes.ticket or self.remote_open is None:
+            return
+        arrived = self.remotes.take_arrived()
+        if arrived:
+            self.viewer.frames_arrived(arrived)
+
+    def _on_remote_progress(self, ticket: int, progress: PullProgress) -> None:
+        remote = self.remote_open
+        if ticket != self.remotes.ticket or remote is None:
+            return
+        offline = self.remotes.offline(remote)
+        failed = progress.failed and not offline
+        self.viewer.set_status(progress_text(remote, progress, offline=offline), alert=bool(offline or failed))
+        if failed and progress.finished and progress.error:
+            self.statusBar().showMessage(f"{remote}: {progress.failed} slice(s) not fetched: {progress.error}", 10000)
 
     # -- alerts ------------------------------------------------------------------------------------
 
@@ -492,7 +553,7 @@ class MainWindow(QMainWindow):
                         pto_marks: dict[int, str] | None = None, note: str = "") -> list[str]:
         """Write the operator TDR(s) for the open scan (CLEAR, SUSPECT or THREAT)."""
         uid = self.viewer.series_uid
-        if uid is None:
+        if uid is None or self.remote_open is not None:
             return []
         written = self.alert_book.record_decision(uid, decision, operator or self._operator or "unknown",
                                                   pto_marks=pto_marks, note=note)
@@ -578,7 +639,21 @@ class MainWindow(QMainWindow):
         self.triage.close()
         self.viewer.shutdown()
         self.browser_dock.widget().shutdown()
+        self.remotes.shutdown()
         super().closeEvent(event)
+
+
+def _load_remote_stores(settings: Settings, parent: QObject) -> RemoteStores:
+    """The ``[[remotes]]`` of the settings file; none (with a logged error) when that
+    section is wrong: a typo there must not keep the station from starting."""
+    try:
+        remotes = load_remotes(settings.source)
+    except ConfigError as exc:
+        LOGGER.error("remote stores not available: %s", exc)
+        stores = RemoteStores([], parent=parent)
+        stores.errors.append(str(exc))
+        return stores
+    return RemoteStores.from_settings(remotes, parent=parent)
 
 
 def _esc(text: str) -> str:

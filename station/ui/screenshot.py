@@ -10,6 +10,10 @@ window. Nothing outside a temp folder is touched.
 in it: airport mode opens a bag with planted threats outlined as a machine (ATR) and an
 operator box, the crosshair on the first threat, material colours; clinic mode opens a
 synthetic torso phantom in HU (``station.core.phantom``) with the soft-tissue window.
+
+``--remote`` starts a private Orthanc (Debian packages orthanc, orthanc-dicomweb) with a
+few more bags, configures it as the remote "archive", shows the cache browser searching
+it, and opens one of its bags in the viewer (pulled frame by frame over DICOMweb).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--viewer", choices=("single", "mpr", "quad"),
                         help="the viewer in this layout, with threats (airport) or a phantom (clinic)")
     parser.add_argument("--list-width", type=int, default=None, help="width of the scan list (pixels)")
+    parser.add_argument("--remote", action="store_true", help="search and open a bag of a remote Orthanc")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -100,7 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(RECEIVING_S)
         bus = EventBus()
         bridge = EventBridge(bus)
-        window = MainWindow(store, bridge, settings)
+        archive = _start_archive(root, args) if args.remote else None
+        remotes = None
+        if archive is not None:
+            from station.core.remotes import RemoteSettings
+            from station.ui.remote_view import RemoteStores
+
+            remotes = RemoteStores([RemoteSettings(name="archive", dicomweb=archive[0].dicomweb_url)],
+                                   cache_dir=root / "frames")
+        window = MainWindow(store, bridge, settings, remotes=remotes)
         for uid in viewed:
             window.select_series(uid)
         window.resize(args.width, args.height)
@@ -118,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         viewer.set_index(target_slice)
         if args.viewer:
             _stage_viewer(app, viewer, args, target_truth)
+        if archive is not None:
+            _stage_remote(app, window, archive[1])
         viewer.setFocus()
         _wait(app, lambda: False, 0.3)  # let the bridge flush and the window settle
         image = window.grab()
@@ -128,8 +143,49 @@ def main(argv: list[str] | None = None) -> int:
         window.close()
         bridge.close()
         store.close()
+        if archive is not None:
+            archive[0].stop()
     print(args.out)
     return 0
+
+
+def _start_archive(root: Path, args):
+    """A private Orthanc holding three more bags; returns (server, study, series) of the
+    one to open."""
+    import pydicom
+
+    from station.bench.frames import OrthancServer
+    from station.core import synth
+
+    server = OrthancServer(root / "orthanc").start()
+    show = ("", "")
+    for seed, threats, dicos in ((31, 1, True), (32, 0, False), (33, 1, False)):
+        bag = synth.make_bag_volume(size=args.size, slices=args.slices, threats=threats, seed=seed)
+        files = synth.write_ct_series(bag, root / f"archive{seed}", dicos=dicos, seed=seed,
+                                      patient_id=f"ARCH-{seed:04d}")
+        server.upload(files)
+        if seed == 33:
+            ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+            show = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
+    return server, show
+
+
+def _stage_remote(app, window, show: tuple[str, str]) -> None:
+    """The browser searching the archive, one of its bags open in the viewer."""
+    window.browser_dock.show()
+    browser = window.browser_dock.widget()
+    browser.remote_box.setChecked(True)
+    _wait(app, lambda: any(e.remote for e in browser.model.entries()), 20)
+    window.open_remote("archive", show[0], show[1], "ARCH-0033")
+    viewer = window.viewer
+    _wait(app, lambda: viewer.volume is not None and getattr(viewer.volume, "complete", False), 60)
+    rows = browser.model.entries()
+    for i, e in enumerate(rows):
+        if e.series_uid == show[1]:
+            browser.table.selectRow(i)
+    viewer.set_index(viewer.slice_count // 2)
+    _wait(app, lambda: not viewer.is_computing(), 30)
+    _wait(app, lambda: False, 0.5)
 
 
 def _import_phantoms(store, root: Path, args) -> str | None:

@@ -59,7 +59,7 @@ from station.core.mpr import (
     mass_center,
     roi_stats,
 )
-from station.core.volume import SeriesVolume, SliceInfo, VolumeError
+from station.core.volume import FrameVolume, SeriesVolume, SliceInfo, SliceNotLoaded, VolumeError
 from station.ui.colormaps import COLORMAP_TITLES, COLORMAPS, lut_for, material_lut
 from station.ui.view_pane import BACKGROUND, PaneImageItem, PaneViewBox, Shape, ViewPane
 
@@ -478,6 +478,7 @@ class SliceViewer(QWidget):
         self._last_add = float("-inf")
         self._errors: list[str] = []
         self._gathering = False
+        self._gathered_version = -1
         self._classifying = False
         self._classified_for = 0  # slice count the last dual-energy check saw
         self._ranged: dict[str, tuple[Any, ...]] = {}
@@ -700,6 +701,66 @@ class SliceViewer(QWidget):
         self._submit(paths, receiving=False)
         self._update_overlay()
 
+    def set_volume(self, volume: FrameVolume, *, label: str = "", current: int | None = None) -> None:
+        """Open a series whose slices are all known but whose pixels are still arriving
+        (a remote series): every slice can be scrolled to at once; slices without
+        pixels show blank with "loading" until ``frames_arrived`` names them. Starts at
+        ``current`` (default the middle). Replaces the open series."""
+        self._bump_generation()
+        self._volume = volume
+        self._store = None
+        self._series_uid = volume.series_uid
+        self._reset_series_state()
+        self._label = label
+        self._opened_at = time.perf_counter()
+        self.first_slice_latency_s = None
+        slices = tuple(volume.slices)
+        self._slices = slices
+        if slices:
+            k = len(slices) // 2 if current is None else min(max(0, current), len(slices) - 1)
+            self._track_middle = False
+            self._show(k, slices[k], refresh=False)
+            self._slider.blockSignals(True)
+            self._slider.setRange(0, len(slices) - 1)
+            self._slider.setValue(k)
+            self._slider.blockSignals(False)
+            self._slider.setEnabled(len(slices) > 1)
+            self._arrange()
+            if self._needs_store():
+                self._ensure_gathered()
+        self._refresh_annotations()
+        self._update_overlay()
+
+    def frames_arrived(self, indices: Iterable[int]) -> None:
+        """Pixels of these slices of the open ``FrameVolume`` arrived: show the one on
+        screen, and fold the rest into the other planes (batched by the MPR timer)."""
+        vol = self._volume
+        if not isinstance(vol, FrameVolume) or not self._slices:
+            return
+        arrived = set(indices)
+        if self.first_slice_latency_s is None and self._index in arrived:
+            self.first_slice_latency_s = time.perf_counter() - self._opened_at
+        if self._index in arrived or (self._slab_mode is not None and not self.planar):
+            self._refresh_axial()
+        if self._needs_store():
+            self._ensure_gathered()
+        if not self._cursor_set and not self._cursor_from_data and self._index in arrived:
+            # The crosshair starts on the bag in the first real slice, as for local scans.
+            self._cursor_from_data = True
+            try:
+                self._init_cursor(vol.slice(self._index))
+            except VolumeError:
+                pass
+            for name in ("coronal", "sagittal"):
+                self._refresh_plane(name)
+        self._update_overlay()
+
+    def set_status(self, text: str, *, alert: bool = False) -> None:
+        """An extra line for the top-right corner (a remote pull's progress, "offline");
+        "" removes it. ``alert`` shows it in the warning colour."""
+        self._status, self._status_alert = text, alert
+        self._update_overlay()
+
     def add_paths(self, paths: Iterable[str | Path]) -> None:
         """Grow the open series with newly arrived files (duplicates are ignored)."""
         if self._volume is None:
@@ -718,6 +779,10 @@ class SliceViewer(QWidget):
 
     def _reset_series_state(self) -> None:
         self._track_middle = True
+        self._loading = False
+        self._cursor_from_data = False
+        self._status = ""
+        self._status_alert = False
         self._submitted = set()
         self._files_done = 0
         self._slices = ()
@@ -1012,6 +1077,7 @@ class SliceViewer(QWidget):
         if self._gathering or self._store.complete_for(self._slices):
             return
         self._gathering = True
+        self._gathered_version = vol.version
         self._compute.start(functools.partial(
             _gather, self._generation, self._current_generation, self._store, self._emitter))
 
@@ -1020,7 +1086,9 @@ class SliceViewer(QWidget):
         if generation != self._generation or self._store is None:
             return
         self._gathering = False
-        self._ensure_gathered()  # slices that arrived while we gathered
+        vol = self._volume
+        if vol is not None and vol.version != self._gathered_version:
+            self._ensure_gathered()  # slices that arrived while we gathered
         if not self._mpr_timer.isActive():
             self._mpr_timer.start(0 if self._store.complete_for(self._slices) else MPR_REFRESH_MS)
 
@@ -1131,18 +1199,30 @@ class SliceViewer(QWidget):
         _, dy, dx = self._spacing()
         image: np.ndarray
         slope, intercept = 1.0, 0.0
+        self._loading = False
         try:
             if self._slab_mode is not None and self._store is not None and not self.planar:
                 image = self._store.reslice(self._slices, "axial", k, self._slab_voxels("z"), self._slab_mode)
             else:
                 entry = self._store.entry(info) if self._store is not None else None
                 image, slope, intercept = entry if entry is not None else vol.stored_slice(info)
+        except SliceNotLoaded:
+            # Known but not here yet (remote): blank at the bottom of the window until
+            # it arrives; the window is not taken from a placeholder.
+            _, rows, cols = vol.shape
+            low = self._window.center - self._window.width / 2 if self._window is not None else 0.0
+            image = np.full((rows, cols), low, dtype=np.float32)
+            self._loading = True
         except (VolumeError, OSError, ValueError) as exc:
             LOGGER.error("cannot show slice %d of %s: %s", k, self._series_uid, exc)
             self._errors.append(str(exc))
             _, rows, cols = vol.shape
             image = np.zeros((rows, cols), dtype=np.float32)
-        if self._window is None:
+        if self._window is None and self._loading:
+            # Only a window that needs no pixels: else the first slice to arrive sets it.
+            if vol.default_window is not None or vol.modality == "CT" or vol.rescale_type in ("HU", "MHU"):
+                self._window = default_window(vol, self._mode, None)
+        elif self._window is None:
             modality = np.asarray(image, dtype=np.float32) * slope + intercept
             self._window = default_window(vol, self._mode, modality)
             if not self._cursor_set:
@@ -1547,6 +1627,10 @@ class SliceViewer(QWidget):
         tr = [f"{vol.modality or '?'}  {vol.shape[2]}×{vol.shape[1]}"]
         if receiving:
             tr.append("receiving…")
+        if self._status:
+            tr.append(self._status)
+        if self._loading:
+            tr.append("this slice is loading…")
         if self._errors:
             tr.append(f"{len(self._errors)} file(s) unreadable")
         if not self._threats_visible and self._threats:
@@ -1575,7 +1659,7 @@ class SliceViewer(QWidget):
             "br": "\n".join(t for t in (hover["axial"], f"{wl}  ·  {cmap}" if wl else cmap) if t),
         }
         colors = dict.fromkeys(corners, text)
-        if receiving:
+        if receiving or self._status_alert:
             colors["tr"] = ViewPane.ALERT  # amber while the scanner sends: not a whole scan yet
         axial.set_overlay(corners, colors, "")
         axial.set_help(_HELP if self._help else ())

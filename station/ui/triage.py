@@ -365,6 +365,9 @@ class TriageController(QObject):
         if uid is None:
             self._status("Open a scan first", 4000)
             return False
+        if getattr(window, "remote_open", False):
+            self._status("A remote scan is view-only: decisions are recorded on scans in the local store", 6000)
+            return False
         if not self.operator:
             self.sign_in()
             if not self.operator:
