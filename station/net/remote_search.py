@@ -5,6 +5,9 @@
 the answer into ``StudyRecord``s, so ``QueryCache`` can serve a repeated search (typing,
 deleting, retyping) from memory for its TTL without asking the archive again.
 
+``DimseSearcher`` does the same for an archive without DICOMweb: a STUDY-level C-FIND,
+then a SERIES-level C-FIND per study found (``station.net.dimse_remote``).
+
 ``RemoteSearch`` is what a browser holds per configured remote: ``search(terms)`` runs
 the queries a search box means (a word matches an ID *or* a name, which QIDO cannot say
 in one query: two queries, answers merged) and returns flat ``RemoteHit`` rows.
@@ -27,6 +30,7 @@ from pydicom.dataset import Dataset
 
 from station.core.cache import QueryCache, SeriesRecord, StudyRecord
 from station.net.dicomweb import DicomWebClient
+from station.net.dimse_remote import DimseRemote
 
 LOGGER = logging.getLogger(__name__)
 
@@ -86,6 +90,47 @@ class DicomWebSearcher:
         # filter, the limit not reached): only then may the cache answer study lookups.
         complete = study is not None and not extra and len(found) < limit
         return records_from_series(found, study_uid=study, complete=complete)
+
+
+class DimseSearcher:
+    """QueryCache searcher for a DIMSE archive: C-FIND studies, then their series.
+
+    Same keys as ``DicomWebSearcher``; the study filter (ID, name, date, modality)
+    goes to the STUDY level (modality as ModalitiesInStudy), the modality again to each
+    SERIES-level query. At most ``limit`` studies are listed further (one association
+    per study). ``DimseError`` propagates (the browser shows it).
+    """
+
+    def __init__(self, remote: DimseRemote, *, limit: int = 50) -> None:
+        self.remote = remote
+        self.limit = limit
+
+    def __call__(self, query: Mapping[str, str]) -> list[StudyRecord]:
+        params = dict(query)
+        params.pop("QueryRetrieveLevel", None)
+        unknown = sorted(set(params) - _QUERY_KEYS)
+        if unknown:
+            raise ValueError(f"cannot search a DIMSE archive by {', '.join(unknown)}")
+        modality = params.get("Modality") or params.get("ModalitiesInStudy") or ""
+        limit = int(params.get("limit", self.limit))
+        studies = self.remote.find_studies(
+            patient_id=params.get("PatientID", ""), patient_name=params.get("PatientName", ""),
+            study_date=params.get("StudyDate", ""), modality=modality,
+            study_uid=params.get("StudyInstanceUID", ""), accession_number=params.get("AccessionNumber", ""))
+        studies.sort(key=lambda ds: _text(ds, "StudyDate"), reverse=True)
+        series: list[Dataset] = []
+        for study in studies[:limit]:
+            uid = _text(study, "StudyInstanceUID")
+            if not uid:
+                continue
+            one_modality = modality if "\\" not in modality else ""  # several: the study level filtered
+            for found in self.remote.find_series(uid, modality=one_modality,
+                                                 series_uid=params.get("SeriesInstanceUID", "")):
+                for key in ("PatientID", "PatientName", "StudyDate", "StudyDescription", "StudyInstanceUID"):
+                    if key not in found and key in study:
+                        setattr(found, key, study.get(key))
+                series.append(found)
+        return records_from_series(series)
 
 
 def records_from_series(datasets: Iterable[Dataset], *, study_uid: str | None = None,
@@ -160,17 +205,19 @@ def queries_for(terms: SearchTerms) -> list[dict[str, str]]:
 
 
 class RemoteSearch:
-    """Searches of one remote store, served through a ``QueryCache``."""
+    """Searches of one remote store, served through a ``QueryCache``: ``source`` is a
+    ``DicomWebClient`` (QIDO-RS) or a ``DimseRemote`` (C-FIND)."""
 
-    def __init__(self, name: str, client: DicomWebClient, cache: QueryCache | None = None) -> None:
+    def __init__(self, name: str, source: DicomWebClient | DimseRemote, cache: QueryCache | None = None) -> None:
         self.name = name
-        self.client = client
-        self.cache = cache if cache is not None else QueryCache(DicomWebSearcher(client))
+        self.source = source
+        searcher = DicomWebSearcher(source) if isinstance(source, DicomWebClient) else DimseSearcher(source)
+        self.cache = cache if cache is not None else QueryCache(searcher)
 
     @property
     def offline(self) -> bool:
         """The store did not answer the last request (results came from the disk cache)."""
-        return self.client.offline
+        return isinstance(self.source, DicomWebClient) and self.source.offline
 
     def search(self, terms: SearchTerms) -> list[RemoteHit]:
         """Series matching ``terms``, newest study first. Worker thread. Raises the
@@ -202,6 +249,7 @@ class RemoteSearch:
 
 __all__ = [
     "DicomWebSearcher",
+    "DimseSearcher",
     "RemoteHit",
     "RemoteSearch",
     "SEARCH_LIMIT",

@@ -241,6 +241,9 @@ class MainWindow(QMainWindow):
         self.remotes.openFailed.connect(self._on_remote_failed)
         self.remotes.framesArrived.connect(self._on_remote_frames)
         self.remotes.progress.connect(self._on_remote_progress)
+        self.remotes.retrieving.connect(self._on_remote_retrieving)
+        self.remotes.seriesRetrieved.connect(self._on_remote_retrieved)
+        self.remotes.attach_store(store)  # archives without DICOMweb: C-GET into the store
         self.viewer.sliceChanged.connect(self.remotes.set_current)
 
         # -- the cache browser (Ctrl+B): everything local, searchable, pin/delete/export/import
@@ -462,6 +465,23 @@ class MainWindow(QMainWindow):
         self.viewer.set_volume(volume, label=label)
         self.viewer.set_threats([])
         self._on_remote_frames(ticket)  # frames from the cache may be in already
+
+    def _on_remote_retrieving(self, ticket: int, instances: int) -> None:
+        if ticket == self.remotes.ticket and self.remote_open is not None:
+            self.statusBar().showMessage(f"Retrieving from {self.remote_open}: {instances} image(s)…", 3000)
+
+    def _on_remote_retrieved(self, ticket: int, series_uid: str, stored: int, errors: list) -> None:
+        """A DIMSE archive's series is in the local store now: open it as a local scan."""
+        if ticket != self.remotes.ticket or self.remote_open is None:
+            return
+        remote, self.remote_open = self.remote_open, None
+        message = f"Retrieved {stored} image(s) from {remote}"
+        if errors:
+            message += f"; {len(errors)} not stored: {errors[0]}"
+        self.statusBar().showMessage(message, 8000)
+        self.refresh()
+        self.browser_dock.widget().refresh()  # the row turns local
+        self.select_series(series_uid)
 
     def _on_remote_failed(self, ticket: int, message: str) -> None:
         if ticket != self.remotes.ticket:

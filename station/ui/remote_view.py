@@ -19,6 +19,11 @@ network work on its own small thread pool and reports with queued signals:
 * ``close_series()`` cancels the pull (the analyst moved to another scan): its workers
   stop at their next chunk and are joined off the GUI thread.
 
+Archives without DICOMweb (``[[remotes]]`` with only aet/host/port) are searched with
+C-FIND; opening one of their series retrieves it whole with C-GET into the local store
+(``attach_store``) and reports ``seriesRetrieved(ticket, series_uid, stored, errors)``,
+after which it is a local scan; ``retrieving(ticket, instances)`` counts on the way.
+
 Offline: when the archive does not answer, metadata and searches seen before come from
 the cache on disk (the client's JSON fallback), the slices pulled before are filled from
 the frame cache, and nothing more is asked for; the viewer says "offline".
@@ -31,6 +36,7 @@ GUI thread for every public method; callbacks from fetch threads only touch the 
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +48,9 @@ from station.core.config import ConfigError, default_frame_cache_dir
 from station.core.framecache import FrameCache
 from station.core.remotes import RemoteSettings
 from station.core.volume import FrameVolume, VolumeError
+from station.core.store import Store, StoreError
 from station.net.dicomweb import DicomWebClient, DicomWebError
+from station.net.dimse_remote import DimseError, DimseRemote
 from station.net.remote_search import RemoteHit, RemoteSearch, SearchTerms
 from station.net.remote_series import FrameArrived, PullProgress, RemoteSeries, SeriesLayout
 
@@ -60,23 +68,33 @@ class RemoteStores(QObject):
     openFailed = Signal(int, str)  # ticket, message
     framesArrived = Signal(int)  # ticket; take_arrived() has the indices
     progress = Signal(int, object)  # ticket, PullProgress
+    retrieving = Signal(int, int)  # ticket, instances retrieved so far (DIMSE)
+    seriesRetrieved = Signal(int, str, int, list)  # ticket, series UID, instances stored, errors
 
     def __init__(self, remotes: Sequence[RemoteSettings], *, cache_dir: Path | None = None,
                  memory_bytes: int = MEMORY_BYTES, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self.remotes = {r.name: r for r in remotes if r.has_dicomweb}
-        self.cache = FrameCache(cache_dir, memory_bytes=memory_bytes) if self.remotes else None
+        self.remotes = {r.name: r for r in remotes if r.has_dicomweb or r.has_dimse}
+        web = any(r.has_dicomweb for r in self.remotes.values())
+        self.cache = FrameCache(cache_dir, memory_bytes=memory_bytes) if web else None
+        self.cache_dir = cache_dir
         self.errors: list[str] = []  # configuration problems (a missing secret), shown once
+        self.store: Store | None = None  # where DIMSE retrieves go (attach_store)
         self._clients: dict[str, DicomWebClient] = {}
+        self._dimse: dict[str, DimseRemote] = {}
         self._searches: dict[str, RemoteSearch] = {}
         for name, remote in self.remotes.items():
             try:
-                client = DicomWebClient.from_settings(remote, cache=self.cache)
+                if remote.has_dicomweb:
+                    client = DicomWebClient.from_settings(remote, cache=self.cache)
+                    self._clients[name] = client
+                    self._searches[name] = RemoteSearch(name, client)
+                else:
+                    dimse = DimseRemote.from_settings(remote)
+                    self._dimse[name] = dimse
+                    self._searches[name] = RemoteSearch(name, dimse)
             except (ConfigError, ValueError) as exc:
                 self.errors.append(f"remote {name!r}: {exc}")
-                continue
-            self._clients[name] = client
-            self._searches[name] = RemoteSearch(name, client)
         # Searches and opens; each open's own RemoteSeries has its fetch threads.
         self._pool = ThreadPoolExecutor(max_workers=max(2, len(self._clients) + 1),
                                         thread_name_prefix="remote-stores")
@@ -98,8 +116,12 @@ class RemoteStores(QObject):
 
     @property
     def names(self) -> list[str]:
-        """Remotes that can be searched (configured with a usable DICOMweb URL)."""
-        return list(self._clients)
+        """Remotes that can be searched (a usable DICOMweb URL or DIMSE peer)."""
+        return list(self._searches)
+
+    def attach_store(self, store: Store) -> None:
+        """The local store that series retrieved by C-GET are imported into."""
+        self.store = store
 
     @property
     def ticket(self) -> int:
@@ -135,7 +157,7 @@ class RemoteStores(QObject):
                 hits.extend(searcher.search(terms))
                 if searcher.offline:
                     errors.append(f"{name}: offline, showing the last answer to this search")
-            except (DicomWebError, ValueError) as exc:
+            except (DicomWebError, DimseError, ValueError) as exc:
                 errors.append(f"{name}: {exc}")
         if generation == self._search_generation and not self._closed:
             self.searchFinished.emit(generation, hits, errors)
@@ -149,6 +171,10 @@ class RemoteStores(QObject):
         self.close_series()
         ticket = self._ticket
         client = self._clients.get(remote)
+        dimse = self._dimse.get(remote)
+        if dimse is not None and self.store is not None:
+            self._pool.submit(self._retrieve_job, ticket, remote, dimse, study_uid, series_uid)
+            return ticket
         if client is None:
             self.openFailed.emit(ticket, f"no usable remote named {remote!r}")
             return ticket
@@ -222,6 +248,36 @@ class RemoteStores(QObject):
             self._fill_from_cache(ticket, pull, volume)
             return
         pull.start(current)
+
+    def _retrieve_job(self, ticket: int, name: str, dimse: DimseRemote, study: str, series: str) -> None:
+        """C-GET a series whole into a scratch folder, import it into the store (the
+        archive has no frames on demand), remove the scratch files."""
+        store = self.store
+        assert store is not None
+        count = [0]
+
+        def on_instance(_path: Path) -> None:
+            count[0] += 1
+            if ticket == self._ticket:
+                self.retrieving.emit(ticket, count[0])
+
+        stored, errors = 0, []
+        with tempfile.TemporaryDirectory(prefix="station-cget-") as scratch:
+            try:
+                result = dimse.get_series(study, series, scratch, on_instance=on_instance)
+            except DimseError as exc:
+                LOGGER.warning("C-GET of %s from %s failed: %s", series, name, exc)
+                if ticket == self._ticket:
+                    self.openFailed.emit(ticket, str(exc))
+                return
+            for path in result.files:
+                try:
+                    store.import_file(path, source=f"remote:{name}")
+                    stored += 1
+                except StoreError as exc:
+                    errors.append(str(exc))
+        if ticket == self._ticket:
+            self.seriesRetrieved.emit(ticket, series, stored, errors)
 
     def _fill_from_cache(self, ticket: int, pull: RemoteSeries, volume: FrameVolume) -> None:
         """Offline: show what was pulled before (stale entries too), ask for nothing."""

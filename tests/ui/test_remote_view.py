@@ -174,3 +174,34 @@ def test_offline_the_pulled_scan_opens_from_the_cache(qtbot, store, bridge, scan
     qtbot.waitUntil(lambda: "offline" in window.viewer.overlay_text("tr"), timeout=10000)
     assert offline.offline("archive") and offline.pull is None  # nothing asked of the dead store
     window.close()
+
+
+def test_an_archive_without_dicomweb_is_searched_by_c_find_and_retrieved_by_c_get(
+        qtbot, store, bridge, orthanc, scans, tmp_path):
+    """DIMSE only (aet/host/port): C-FIND finds the scans, opening one C-GETs it into the
+    local store and shows it as a local scan."""
+    scan = scans["classic"]
+    pacs = RemoteStores([RemoteSettings(name="pacs", aet=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port,
+                                        calling_aet="STATIONQR", timeout=15)], cache_dir=tmp_path / "frames")
+    settings = Settings()
+    settings.store.path = tmp_path / "store"
+    window = MainWindow(store, bridge, settings, remotes=pacs)
+    qtbot.addWidget(window)
+    browser = window.browser_dock.widget()
+    assert pacs.names == ["pacs"] and browser.remote_box.text() == "Search archive"
+    with qtbot.waitSignal(pacs.searchFinished, timeout=30000):
+        browser.remote_box.setChecked(True)
+    rows = {e.series_uid: e for e in _remote_rows(browser)}
+    assert {s.series_uid for s in scans.values()} <= set(rows)
+    assert rows[scan.series_uid].patient_id == "BAG-CLASSIC" and rows[scan.series_uid].date == "2024-03-01"
+    _type(qtbot, browser, "BAG-DICOS")
+    assert [e.series_uid for e in _remote_rows(browser)] == [scans["dicos"].series_uid]
+    with qtbot.waitSignal(pacs.seriesRetrieved, timeout=60000) as done:
+        window.open_remote("pacs", scan.study_uid, scan.series_uid, "BAG-CLASSIC")
+    assert done.args[1:] == [scan.series_uid, SLICES, []]
+    assert len(store.instances(scan.series_uid)) == SLICES
+    qtbot.waitUntil(lambda: window.viewer.series_uid == scan.series_uid and window.viewer.slice_count == SLICES,
+                    timeout=20000)
+    assert window.remote_open is None  # a local scan now: triage applies
+    window.close()
+    pacs.shutdown()
