@@ -60,6 +60,19 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value).strip()
 
 
+def _search_params(query: Mapping[str, str], default_limit: int, what: str) -> tuple[dict[str, str], int]:
+    """The filter keys of a normalised query (ModalitiesInStudy taken as Modality) and
+    its limit; ValueError for a key the searchers cannot send."""
+    params = dict(query)
+    params.pop("QueryRetrieveLevel", None)
+    unknown = sorted(set(params) - _QUERY_KEYS)
+    if unknown:
+        raise ValueError(f"cannot search {what} by {', '.join(unknown)}")
+    if "ModalitiesInStudy" in params:
+        params["Modality"] = params.pop("ModalitiesInStudy")
+    return params, int(params.pop("limit", default_limit))
+
+
 class DicomWebSearcher:
     """QueryCache searcher: a normalised query -> one QIDO-RS ``/series`` search.
 
@@ -75,14 +88,7 @@ class DicomWebSearcher:
         self.limit = limit
 
     def __call__(self, query: Mapping[str, str]) -> list[StudyRecord]:
-        params = dict(query)
-        params.pop("QueryRetrieveLevel", None)
-        unknown = sorted(set(params) - _QUERY_KEYS)
-        if unknown:
-            raise ValueError(f"cannot search a DICOMweb store by {', '.join(unknown)}")
-        if "ModalitiesInStudy" in params:
-            params["Modality"] = params.pop("ModalitiesInStudy")
-        limit = int(params.pop("limit", self.limit))
+        params, limit = _search_params(query, self.limit, "a DICOMweb store")
         study = params.pop("StudyInstanceUID", None)
         extra = {k: v.replace("\\", ",") for k, v in params.items()}
         found = self.client.search_series(study, limit=limit, include_fields=SERIES_FIELDS, extra=extra)
@@ -106,13 +112,8 @@ class DimseSearcher:
         self.limit = limit
 
     def __call__(self, query: Mapping[str, str]) -> list[StudyRecord]:
-        params = dict(query)
-        params.pop("QueryRetrieveLevel", None)
-        unknown = sorted(set(params) - _QUERY_KEYS)
-        if unknown:
-            raise ValueError(f"cannot search a DIMSE archive by {', '.join(unknown)}")
-        modality = params.get("Modality") or params.get("ModalitiesInStudy") or ""
-        limit = int(params.get("limit", self.limit))
+        params, limit = _search_params(query, self.limit, "a DIMSE archive")
+        modality = params.get("Modality", "")
         studies = self.remote.find_studies(
             patient_id=params.get("PatientID", ""), patient_name=params.get("PatientName", ""),
             study_date=params.get("StudyDate", ""), modality=modality,
