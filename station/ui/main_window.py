@@ -291,7 +291,7 @@ class MainWindow(QMainWindow):
         choice (following new scans stops). Returns the open's ticket."""
         self._choose(series_uid)
         self.scan_list.clear_choice()  # a local row picked next is a change of scan
-        self.viewer.clear()
+        self.viewer.clear(f"Opening {label or 'a scan'} from {remote}…")
         self.remote_open = remote
         self._remote_label = f"{label}  ·  {remote}" if label else remote
         self.statusBar().showMessage(f"Opening a scan from {remote}…", 4000)
@@ -486,8 +486,9 @@ class MainWindow(QMainWindow):
     def _on_remote_failed(self, ticket: int, message: str) -> None:
         if ticket != self.remotes.ticket:
             return
+        remote, self.remote_open = self.remote_open, None
         self.statusBar().showMessage(f"Cannot open the remote scan: {message}", 10000)
-        self.viewer.set_status(f"cannot open: {message}", alert=True)
+        self.viewer.clear(f"Cannot open the scan from {remote or 'the remote store'}:\n{message}")
 
     def _on_remote_frames(self, ticket: int) -> None:
         if ticket != self.remotes.ticket or self.remote_open is None:

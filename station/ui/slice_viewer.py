@@ -441,6 +441,7 @@ class SliceViewer(QWidget):
         self._mode = mode
         self._layout = layout
         self._volume: SeriesVolume | None = None
+        self._empty_message = ""
         self._store: SliceStore | None = None
         self._series_uid: str | None = None
         self._generation = 0
@@ -767,14 +768,16 @@ class SliceViewer(QWidget):
             return
         self._submit(paths, receiving=True)
 
-    def clear(self) -> None:
-        """Show nothing (no series open)."""
+    def clear(self, message: str = "") -> None:
+        """Show nothing (no series open); ``message`` replaces "No scan open" (e.g. while
+        a remote scan's metadata is on its way)."""
         self._bump_generation()
         self._volume = None
         self._store = None
         self._series_uid = None
         self._reset_series_state()
         self._label = ""
+        self._empty_message = message
         self._update_overlay()
 
     def _reset_series_state(self) -> None:
@@ -1609,7 +1612,7 @@ class SliceViewer(QWidget):
         axial = self._graphics
         if vol is None or self._index < 0:
             if vol is None:
-                placeholder = "No scan open"
+                placeholder = self._empty_message or "No scan open"
             elif self._errors:
                 placeholder = self._errors[-1]
             else:

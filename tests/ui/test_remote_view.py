@@ -206,3 +206,33 @@ def test_an_archive_without_dicomweb_is_searched_by_c_find_and_retrieved_by_c_ge
     assert window.remote_open is None  # a local scan now: triage applies
     window.close()
     pacs.shutdown()
+
+
+def test_remotes_come_from_the_settings_file_and_a_bad_one_only_costs_a_message(
+        qtbot, store, bridge, orthanc, scans, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    config = tmp_path / "station.toml"
+    config.write_text(f'[[remotes]]\nname = "archive"\ndicomweb = "{orthanc.dicomweb_url}"\n'
+                      '[[remotes]]\nname = "dead"\ndicomweb = "http://127.0.0.1:9/dicom-web"\ntimeout = 2\n')
+    settings = Settings()
+    settings.store.path = tmp_path / "store"
+    settings.source = config
+    window = MainWindow(store, bridge, settings)
+    qtbot.addWidget(window)
+    assert window.remotes.names == ["archive", "dead"]
+    assert str(window.remotes.cache_dir).startswith(str(tmp_path / "cache"))
+    # A series that is not there: the viewer says why, the station goes on.
+    with qtbot.waitSignal(window.remotes.openFailed, timeout=20000):
+        window.open_remote("archive", scans["dicos"].study_uid, "1.2.3.4.5.6.7", "nothing")
+    assert window.remote_open is None and "Cannot open the scan from archive" in window.viewer.placeholder_text
+    with qtbot.waitSignal(window.remotes.openFailed, timeout=20000):
+        window.open_remote("dead", scans["dicos"].study_uid, scans["dicos"].series_uid)
+    assert "unreachable" in window.viewer.placeholder_text
+    window.close()
+
+    config.write_text('[[remotes]]\nname = "broken"\nauth = "bearer"\ndicomweb = "http://x/dicom-web"\n')
+    window = MainWindow(store, bridge, settings)
+    qtbot.addWidget(window)
+    browser = window.browser_dock.widget()
+    assert window.remotes.names == [] and "token" in browser.status.text()
+    window.close()
