@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from station.core.volume import SeriesVolume, SliceInfo, SliceNotLoaded
+from station.core.volume import FrameVolume, SeriesVolume, SliceInfo, SliceNotLoaded
 
 LOGGER = logging.getLogger(__name__)
 
@@ -209,7 +209,10 @@ class SliceStore:
                     values, slope, intercept = self.volume.stored_slice(s)
                 except SliceNotLoaded:
                     continue  # a remote slice still on its way: a later gather takes it
-                keep_view = isinstance(values, np.memmap) and per_file[s.path] >= self.view_min_frames
+                # A FrameVolume's slices are already private, read-only and compact: hold
+                # them as they are (a copy would double a remote scan's memory).
+                keep_view = (isinstance(values, np.memmap) and per_file[s.path] >= self.view_min_frames
+                             or isinstance(self.volume, FrameVolume))
                 if keep_view:
                     self.views += 1
                     entry = (values, float(slope), float(intercept))

@@ -705,4 +705,6 @@ def test_slice_store_gathers_what_has_arrived_and_the_rest_later():
     for k in (0, 2, 3):
         vol.put(k, np.full((6, 5), float(k), dtype=np.float32))
     assert store.gather() == 4 and store.complete_for(vol.slices)
+    assert store.entry(vol.slices[2])[0] is vol.stored_slice(2)[0]  # held, not copied
+    assert store.nbytes == 0
     np.testing.assert_array_equal(store.reslice(vol.slices, "sagittal", 0)[:, 0], [0, 7, 2, 3])
