@@ -16,7 +16,10 @@ Both keep a short timeout so timers (ARTIM, network idle timeout) are still chec
 The rest of each loop is pynetdicom's own logic, unchanged. Socket reads use
 ``recv_into`` a preallocated buffer instead of 4 KiB ``recv`` calls and copies, and a
 plain C-STORE response (status only) is encoded directly instead of through a pydicom
-Dataset, which cost about half a millisecond per instance.
+Dataset, which cost about half a millisecond per instance. Once the association is
+established, a P-DATA-TF PDU goes straight to DIMSE as memoryviews of the received buffer
+(no PDU objects, copies or state-machine event), and the association thread sends that
+response itself rather than handing it to the DUL thread (see ``_send_pdata_directly``).
 
 ``install()`` patches the classes once per process; it is idempotent and checked by
 tests/net/test_reactor.py against pynetdicom's own behaviour (echo, store, release,
@@ -33,6 +36,7 @@ import queue
 import re
 import select
 import socket
+import ssl
 import struct
 import sys
 import tempfile
@@ -100,6 +104,10 @@ def _dul_setup_wakeup(dul: Any) -> None:
     w.setblocking(False)
     dul._station_wake_r, dul._station_wake_w = r, w
     dul.to_provider_queue = _WakingQueue(lambda: _dul_wake(dul))
+    # Held by the DUL thread while it runs a state machine action (which is where it takes
+    # primitives off to_provider_queue and sends them), and by the association thread
+    # while it sends a C-STORE response itself (see _send_pdata_directly).
+    dul._station_send_lock = threading.Lock()
 
 
 def _dul_wake(dul: Any) -> None:
@@ -160,7 +168,8 @@ def _dul_run_reactor(self: Any) -> None:
             except queue.Empty:
                 event = None
             if event is not None:
-                self.state_machine.do_action(event)
+                with self._station_send_lock:
+                    self.state_machine.do_action(event)
                 continue
             try:
                 if self._process_recv_primitive():
@@ -175,7 +184,8 @@ def _dul_run_reactor(self: Any) -> None:
                 abort_pdu.source = 0x02
                 abort_pdu.reason_diagnostic = 0x00
                 try:
-                    self.socket.send(abort_pdu.encode())
+                    with self._station_send_lock:
+                        self.socket.send(abort_pdu.encode())
                 except Exception:  # the peer may already be gone
                     LOGGER.debug("could not send A-ABORT", exc_info=True)
                 self.assoc.is_aborted = True
@@ -268,6 +278,16 @@ def _dul_read_pdu_data(self: Any) -> None:
         LOGGER.error("PDU from %s is shorter than announced (%d of %d bytes)", _peer_of(self), received, pdu_length)
         self.event_queue.put("Evt17")
         return
+    if pdu_type == 0x04 and _pdata_fast_path_allowed(self):
+        pdvs = _split_pdvs(memoryview(pdu_bytes))
+        if pdvs is not None:
+            # What pynetdicom's DT-2 action does with a P-DATA-TF PDU in Sta6 (hand it to
+            # DIMSE as a P-DATA primitive; the state stays Sta6), without building PDU
+            # and item objects, copying every fragment twice and queueing an event.
+            primitive = P_DATA()
+            primitive._presentation_data_value_list = pdvs  # memoryviews; the setter wants bytes
+            self.assoc.dimse.receive_primitive(primitive)
+            return
     try:
         pdu, event = self._decode_pdu(pdu_bytes)
     except Exception as exc:  # pynetdicom raises many types for malformed PDUs
@@ -276,6 +296,46 @@ def _dul_read_pdu_data(self: Any) -> None:
         return
     self.event_queue.put(event)
     self._recv_pdu.put(pdu)
+
+
+# Handlers that pynetdicom's own P-DATA path would call and the fast path does not.
+_PDATA_PATH_EVENTS = (_evt.EVT_DATA_RECV, _evt.EVT_PDU_RECV, _evt.EVT_FSM_TRANSITION)
+_PDV_HEADER = struct.Struct(">LB")
+
+
+def _pdata_fast_path_allowed(dul: Any) -> bool:
+    """Whether a P-DATA-TF PDU may skip pynetdicom's PDU objects and state machine.
+
+    Only in Sta6 (association established: P-DATA-TF is Evt10, action DT-2, next state
+    Sta6), with nothing queued before it (events and PDUs are handled in order), and
+    with no handler bound that would have seen the PDU or the transition.
+    """
+    assoc = dul.assoc
+    return (
+        dul.state_machine.current_state == "Sta6"
+        and dul.event_queue.empty()
+        and dul._recv_pdu.empty()
+        and not any(assoc.get_handlers(event) for event in _PDATA_PATH_EVENTS)
+    )
+
+
+def _split_pdvs(pdu: memoryview) -> list[tuple[int, memoryview]] | None:
+    """The (context ID, control header + fragment) items of an encoded P-DATA-TF PDU.
+
+    None if the items do not exactly fill the PDU or one is shorter than its two header
+    bytes: pynetdicom's decoder then gets the PDU and rejects it as it always did.
+    """
+    items: list[tuple[int, memoryview]] = []
+    pos, end = 6, len(pdu)
+    while pos < end:
+        if pos + 6 > end:
+            return None
+        length, context_id = _PDV_HEADER.unpack_from(pdu, pos)
+        if length < 2 or pos + 4 + length > end:
+            return None
+        items.append((context_id, pdu[pos + 5:pos + 4 + length]))
+        pos += 4 + length
+    return items or None
 
 
 _original_kill_dul = _dul.DULServiceProvider.kill_dul
@@ -546,12 +606,40 @@ def _send_msg(self: Any, primitive: Any, context_id: int) -> None:
         encoded = encode_c_store_rsp(primitive)
         max_pdu = self.maximum_pdu_size
         if not max_pdu or len(encoded) + 6 <= max_pdu:
+            value = b"\x03" + encoded  # control header 0x03: a command, last fragment
+            if _send_pdata_directly(self.dul, context_id, value):
+                return
             pdata = P_DATA()
-            # Control header 0x03: a command, last fragment.
-            pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))
+            pdata.presentation_data_value_list.append((context_id, value))
             self.dul.send_pdu(pdata)
             return
     _original_send_msg(self, primitive, context_id)
+
+
+_SENT_EVENTS = (_evt.EVT_PDU_SENT, _evt.EVT_DATA_SENT)
+_PDATA_ONE_ITEM = struct.Struct(">BBLLB")
+
+
+def _send_pdata_directly(dul: Any, context_id: int, value: bytes) -> bool:
+    """Send a one-item P-DATA-TF PDU from the calling (association) thread; False if not allowed.
+
+    Queueing it for the DUL thread costs a thread hand-over on every acknowledgement. It is
+    what pynetdicom's DT-1 action does (in Sta6 P-DATA is sent and the state stays Sta6),
+    done here only when nothing queued earlier is still waiting to go out; the DUL thread
+    takes primitives off to_provider_queue only inside an action, under the same lock, so
+    nothing can overtake. Not over TLS: an SSL socket must not be written by one thread
+    while another reads it.
+    """
+    sock = dul.socket
+    raw = getattr(sock, "socket", None) if sock is not None else None
+    if raw is None or isinstance(raw, ssl.SSLSocket) or any(dul.assoc.get_handlers(e) for e in _SENT_EVENTS):
+        return False
+    pdu = _PDATA_ONE_ITEM.pack(0x04, 0x00, 4 + 1 + len(value), 1 + len(value), context_id) + value
+    with dul._station_send_lock:
+        if dul.state_machine.current_state != "Sta6" or not dul.to_provider_queue.empty():
+            return False
+        sock.send(pdu)  # on failure it queues Evt17, as the DUL thread's own send would
+    return True
 
 
 def install() -> None:

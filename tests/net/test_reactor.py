@@ -21,8 +21,7 @@ def installed():
     reactor.install()
 
 
-@pytest.fixture
-def scp():
+def _start_scp() -> tuple[object, list[str]]:
     stored: list[str] = []
 
     def on_store(event):
@@ -36,6 +35,24 @@ def scp():
     ae.acse_timeout = 2.0
     server = ae.start_server(("127.0.0.1", 0), block=False,
                              evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    return server, stored
+
+
+@pytest.fixture
+def scp():
+    server, stored = _start_scp()
+    yield server.server_address[1], stored
+    server.shutdown()
+
+
+@pytest.fixture
+def quiet_scp(monkeypatch):
+    """An SCP without pynetdicom's standard logging handlers (as the receiver runs)."""
+    from pynetdicom import _config
+
+    # Bound, those handlers see every PDU and so turn the P-DATA fast paths off.
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")
+    server, stored = _start_scp()
     yield server.server_address[1], stored
     server.shutdown()
 
@@ -135,3 +152,76 @@ def test_direct_c_store_response_matches_pynetdicoms_encoding(status, sop_uid):
     (_, fragment), = pdata.presentation_data_value_list
     assert fragment[0] == 0x03
     assert reactor.encode_c_store_rsp(primitive) == fragment[1:]
+
+
+def _pdata_tf(items: list[tuple[int, bytes]]) -> bytes:
+    from pynetdicom.pdu import P_DATA_TF
+    from pynetdicom.pdu_primitives import P_DATA
+
+    primitive = P_DATA()
+    primitive.presentation_data_value_list = [[cx, value] for cx, value in items]
+    pdu = P_DATA_TF()
+    pdu.from_primitive(primitive)
+    return pdu.encode()
+
+
+@pytest.mark.parametrize("items", [
+    [(1, b"\x03" + b"\x00" * 20)],
+    [(1, b"\x03" + b"\x01" * 31), (1, b"\x00" + bytes(range(256)) * 3), (3, b"\x02\xff")],
+])
+def test_pdv_split_matches_pynetdicoms_p_data_decoder(items):
+    from pynetdicom.pdu import P_DATA_TF
+
+    encoded = _pdata_tf(items)
+    pdu = P_DATA_TF()
+    pdu.decode(encoded)
+    expected = pdu.to_primitive().presentation_data_value_list
+    split = reactor._split_pdvs(memoryview(encoded))
+    assert [(cx, bytes(value)) for cx, value in split] == [(cx, bytes(value)) for cx, value in expected]
+
+
+@pytest.mark.parametrize("bad", [
+    b"\x04\x00\x00\x00\x00\x00",  # no item
+    b"\x04\x00\x00\x00\x00\x05\x00\x00\x00\x01\x01",  # item shorter than its two header bytes
+    b"\x04\x00\x00\x00\x00\x08\x00\x00\x00\x03\x01\x03\x00\x00",  # trailing bytes after the item
+    b"\x04\x00\x00\x00\x00\x06\x00\x00\x00\x09\x01\x03",  # item longer than the PDU
+])
+def test_malformed_pdvs_are_left_to_pynetdicoms_decoder(bad):
+    assert reactor._split_pdvs(memoryview(bad)) is None
+
+
+def test_store_skips_pdu_objects_and_the_dul_hand_over(quiet_scp, tmp_path, monkeypatch):
+    """On a plain association, received P-DATA bypasses PDU decoding and C-STORE responses
+    go out from the association thread; what arrives and what the sender gets is unchanged."""
+    from pynetdicom.dul import DULServiceProvider
+
+    decoded: list[tuple[bool, int]] = []
+    original = DULServiceProvider._decode_pdu
+
+    def counting(self, bytestream):
+        decoded.append((self.assoc.is_acceptor, bytestream[0]))
+        return original(self, bytestream)
+
+    monkeypatch.setattr(DULServiceProvider, "_decode_pdu", counting)
+    direct: list[int] = []
+    original_direct = reactor._send_pdata_directly
+
+    def counting_direct(dul, context_id, value):
+        sent = original_direct(dul, context_id, value)
+        direct.append(sent)
+        return sent
+
+    monkeypatch.setattr(reactor, "_send_pdata_directly", counting_direct)
+    port, stored = quiet_scp
+    files = make_ct_files(tmp_path, n=3, size=256)
+    ae = AE()
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.maximum_pdu_size = 16384  # many P-DATA PDUs per instance
+    assoc = ae.associate("127.0.0.1", port, ae_title="SCP")
+    assert assoc.is_established
+    assert [assoc.send_c_store(f).Status for f in files] == [0, 0, 0]
+    assoc.release()
+    assert len(stored) == 3
+    assert (True, 0x04) not in decoded
+    assert direct == [True, True, True]
+
