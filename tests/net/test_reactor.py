@@ -225,3 +225,20 @@ def test_store_skips_pdu_objects_and_the_dul_hand_over(quiet_scp, tmp_path, monk
     assert (True, 0x04) not in decoded
     assert direct == [True, True, True]
 
+
+@pytest.mark.parametrize("sop_uid", ["1.2.3.4", "1.2.3.45", "1.2.826.0.1.3680043.8.498." + "9" * 36])
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.70"])
+@pytest.mark.parametrize("aet", ["", "CT1", "CT_LANE_01", "SIXTEEN_CHARS_AE"])
+def test_file_meta_encoding_matches_pydicoms(sop_uid, syntax, aet):
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+    from pynetdicom.dsutils import create_file_meta
+
+    meta = create_file_meta(sop_class_uid="1.2.840.10008.5.1.4.1.1.2", sop_instance_uid=sop_uid,
+                            transfer_syntax=syntax)
+    if aet:
+        meta.SourceApplicationEntityTitle = aet
+    expected = DicomBytesIO()
+    write_file_meta_info(expected, meta, enforce_standard=True)
+    encoded = reactor.encode_file_meta("1.2.840.10008.5.1.4.1.1.2", sop_uid, syntax, aet)
+    assert encoded == expected.getvalue()
