@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pydicom
@@ -77,6 +78,11 @@ def test_storescu_series_is_stored_indexed_and_published(running, store, tmp_pat
     assert receiver.instances_received == 12
     assert recorder.of(AssociationClosed)[-1].how == "released"
     assert receiver.open_associations == 0
+    # The spool file prepared for a 13th instance that never came is gone with the association.
+    deadline = time.monotonic() + 5
+    while list(store.tmp_dir.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert list(store.tmp_dir.iterdir()) == []
 
 
 @pytest.mark.parametrize(("name", "propose"), [
