@@ -40,7 +40,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -607,11 +607,15 @@ class Store:
         """Where a receiver may write incoming files before handing them to ``adopt``."""
         return self.tmp_dir
 
-    def adopt(self, spooled: str | os.PathLike[str], *, source: str = "") -> InstanceStored:
+    def adopt(self, spooled: str | os.PathLike[str], *, source: str = "",
+              sync: Callable[[], None] | None = None) -> InstanceStored:
         """Durably store a complete Part 10 file already written into ``spool_dir()``.
 
         The file is fsynced and renamed into place (no copy). Called on receiver threads.
-        On any failure the spooled file is removed and StoreError raised.
+        ``sync``, if given, replaces the fsync: it must return only once the file's data
+        and size are on disk, and raise OSError if they cannot be (the receiver's spool
+        file is flushed by another thread while the header is read here). On any failure
+        the spooled file is removed and StoreError raised.
         """
         spooled = Path(spooled)
         try:
@@ -625,7 +629,10 @@ class Store:
                 with open(spooled, "rb") as f:
                     header, nbytes = _read_file_header(f, source or str(spooled))
                     if self._durable:
-                        os.fsync(f.fileno())
+                        if sync is not None:
+                            sync()
+                        else:
+                            os.fsync(f.fileno())
             except OSError as exc:
                 raise self._write_error(exc, spooled) from exc
         except BaseException:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import queue
@@ -77,6 +78,20 @@ class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
         self._wake()
+
+
+class _MessageQueue(_WakingQueue):
+    """The DIMSE message queue: a spooled C-STORE queued from the P-DATA fast path is
+    marked for the DUL thread to flush (see ``SpoolFile.finish``) before anyone sees it."""
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        finishing = getattr(_spool, "finishing", None)
+        if finishing is not None and isinstance(item, tuple) and len(item) == 2:
+            spooled = getattr(item[1], "_dataset_file", None)
+            if isinstance(spooled, SpoolFile):
+                spooled.sync_pending = True
+                finishing.append(spooled)
+        super().put(item, block, timeout)
 
 
 class _WakingEvent(threading.Event):
@@ -289,7 +304,15 @@ def _dul_read_pdu_data(self: Any) -> None:
             # and item objects, copying every fragment twice and queueing an event.
             primitive = P_DATA()
             primitive._presentation_data_value_list = pdvs  # memoryviews; the setter wants bytes
-            self.assoc.dimse.receive_primitive(primitive)
+            _spool.finishing = []
+            try:
+                self.assoc.dimse.receive_primitive(primitive)
+            finally:
+                # A complete C-STORE was just queued: flush it here while the association
+                # thread wakes up and reads its header, rather than after that, on its thread.
+                finishing, _spool.finishing = _spool.finishing, None
+                for spooled in finishing:
+                    spooled.finish()
             if _spool.wanted and self.assoc.dimse.message is None:
                 _prepare_spool_file()  # the message is complete; its handler runs meanwhile
             return
@@ -365,7 +388,7 @@ def _assoc_init(self: Any, *args: Any, **kwargs: Any) -> None:
     checkpoint = _WakingEvent(wake)
     checkpoint.set()
     self._reactor_checkpoint = checkpoint
-    self.dimse.msg_queue = _WakingQueue(wake.set)
+    self.dimse.msg_queue = _MessageQueue(wake.set)
     self.dul.to_user_queue = _WakingQueue(wake.set)
     _dul_setup_wakeup(self.dul)
 
@@ -484,6 +507,9 @@ def _load_sync_file_range() -> Any:
 
 
 _sync_file_range = _load_sync_file_range()
+_fdatasync = getattr(os, "fdatasync", os.fsync)
+# Longest the association thread waits for the DUL thread's flush of a spool file.
+SYNC_WAIT_S = 60.0
 
 
 class SpoolFile:
@@ -504,6 +530,10 @@ class SpoolFile:
         self.error: OSError | None = None
         self._written = 0
         self._flushed_to = 0
+        # Set (before the message is queued) when the DUL thread will flush the file itself
+        # once the message is complete; _synced is set when that flush has ended.
+        self.sync_pending = False
+        self._synced = threading.Event()
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self.error is not None or self._fd < 0:
@@ -528,7 +558,39 @@ class SpoolFile:
     def fileno(self) -> int:
         return self._fd
 
+    def finish(self) -> None:
+        """Flush the complete file to disk (DUL thread, right after queueing its message).
+
+        The association thread meanwhile wakes up and reads the header; ``sync`` waits for
+        this. A failure is remembered, like a write error.
+        """
+        try:
+            if self.error is None and self._fd >= 0:
+                try:
+                    _fdatasync(self._fd)
+                except OSError as exc:
+                    self.error = exc
+        finally:
+            self._synced.set()
+
+    def sync(self) -> None:
+        """Return once the file's data and size are on disk; raise the OSError if they cannot be.
+
+        Called by the store (association thread) before it renames the file into place.
+        fdatasync suffices: it also flushes the metadata needed to read the data back,
+        such as the size of this new file; timestamps are not needed.
+        """
+        if self.sync_pending:
+            if not self._synced.wait(SYNC_WAIT_S):
+                raise OSError(errno.ETIMEDOUT, "the spool file was not flushed in time")
+        elif self.error is None:
+            _fdatasync(self._fd)
+        if self.error is not None:
+            raise self.error
+
     def close(self) -> None:
+        if self.sync_pending:
+            self._synced.wait(SYNC_WAIT_S)  # never close the descriptor under a running flush
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

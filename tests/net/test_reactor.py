@@ -242,3 +242,32 @@ def test_file_meta_encoding_matches_pydicoms(sop_uid, syntax, aet):
     write_file_meta_info(expected, meta, enforce_standard=True)
     encoded = reactor.encode_file_meta("1.2.840.10008.5.1.4.1.1.2", sop_uid, syntax, aet)
     assert encoded == expected.getvalue()
+
+
+def test_spool_file_flush_failure_on_the_dul_thread_reaches_the_adopting_thread(tmp_path, monkeypatch):
+    import errno
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    spooled = reactor.SpoolFile(tmp_path)
+    spooled.write(b"x" * 1000)
+    spooled.sync_pending = True  # as the message queue marks it on the fast path
+    monkeypatch.setattr(reactor, "_fdatasync", disk_full)
+    flusher = threading.Timer(0.1, spooled.finish)
+    flusher.start()
+    with pytest.raises(OSError) as failure:
+        spooled.sync()  # waits for the flush on the other thread
+    assert failure.value.errno == errno.ENOSPC
+    spooled.close()
+    flusher.join()
+
+
+def test_spool_file_not_flushed_elsewhere_is_flushed_by_sync(tmp_path, monkeypatch):
+    flushed: list[int] = []
+    spooled = reactor.SpoolFile(tmp_path)
+    spooled.write(b"x" * 1000)
+    monkeypatch.setattr(reactor, "_fdatasync", flushed.append)
+    spooled.sync()
+    assert flushed == [spooled.fileno()]
+    spooled.close()
