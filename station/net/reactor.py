@@ -626,20 +626,16 @@ def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax:
     Raises UnicodeEncodeError for values that are not ASCII (the caller lets pydicom
     handle those).
     """
-    def ui(uid: str) -> bytes:
-        raw = uid.encode("ascii")
-        return raw + b"\x00" if len(raw) % 2 else raw
-
     def text(value: str) -> bytes:
         raw = value.encode("ascii")
         return raw + b" " if len(raw) % 2 else raw
 
     body = b"".join((
         _explicit_le(0x00020001, b"OB", b"\x00\x01"),
-        _explicit_le(0x00020002, b"UI", ui(sop_class_uid)),
-        _explicit_le(0x00020003, b"UI", ui(sop_instance_uid)),
-        _explicit_le(0x00020010, b"UI", ui(transfer_syntax)),
-        _explicit_le(0x00020012, b"UI", ui(pynetdicom.PYNETDICOM_IMPLEMENTATION_UID)),
+        _explicit_le(0x00020002, b"UI", _ui(sop_class_uid)),
+        _explicit_le(0x00020003, b"UI", _ui(sop_instance_uid)),
+        _explicit_le(0x00020010, b"UI", _ui(transfer_syntax)),
+        _explicit_le(0x00020012, b"UI", _ui(pynetdicom.PYNETDICOM_IMPLEMENTATION_UID)),
         _explicit_le(0x00020013, b"SH", text(pynetdicom.PYNETDICOM_IMPLEMENTATION_VERSION)),
         _explicit_le(0x00020016, b"AE", text(source_aet)) if source_aet else b"",
     ))
@@ -745,6 +741,67 @@ def encode_c_store_rsp(primitive: C_STORE) -> bytes:
     return _element(0x00000000, len(body).to_bytes(4, "little")) + body
 
 
+# -- C-STORE request --------------------------------------------------------------------------
+
+_original_message_to_primitive = _dimse_messages.DIMSEMessage.message_to_primitive
+_IMPLICIT_ELEMENT = struct.Struct("<HHL")
+_UID_CHARACTERS = frozenset(b"0123456789.")
+# The command elements of a plain C-STORE-RQ (no C-MOVE originator) and their lengths (0: a UID).
+_C_STORE_RQ_ELEMENTS = {
+    0x00000000: 4, 0x00000002: 0, 0x00000100: 2, 0x00000110: 2, 0x00000700: 2, 0x00000800: 2, 0x00001000: 0,
+}
+
+
+def _plain_c_store_rq(encoded: bytes) -> dict[int, bytes] | None:
+    """The raw elements of a plain C-STORE-RQ command set; None for anything else."""
+    elements: dict[int, bytes] = {}
+    pos, end = 0, len(encoded)
+    while pos < end:
+        if pos + 8 > end:
+            return None
+        group, element, length = _IMPLICIT_ELEMENT.unpack_from(encoded, pos)
+        tag = (group << 16) | element
+        expected = _C_STORE_RQ_ELEMENTS.get(tag)
+        pos += 8
+        if expected is None or pos + length > end or (expected and length != expected) or tag in elements:
+            return None
+        elements[tag] = encoded[pos:pos + length]
+        pos += length
+    if len(elements) != len(_C_STORE_RQ_ELEMENTS) or int.from_bytes(elements[0x00000100], "little") != 0x0001:
+        return None
+    for tag in (0x00000002, 0x00001000):
+        uid = elements[tag]
+        uid = uid[:-1] if uid[-1:] == b"\x00" else uid
+        if not uid or not set(uid) <= _UID_CHARACTERS:
+            return None
+        elements[tag] = uid
+    return elements
+
+
+def _message_to_primitive(self: Any) -> Any:
+    """DIMSEMessage.message_to_primitive, with a direct path for a plain C-STORE-RQ.
+
+    pynetdicom converts every command element through pydicom (about 0.2 ms per
+    instance); a plain C-STORE-RQ has seven fixed elements. The primitive is filled
+    through its own setters (so it validates as before); anything else, or anything
+    unusual in the command, takes pynetdicom's way (tests/net/test_reactor.py compares).
+    """
+    encoded = self.encoded_command_set.getvalue() if isinstance(self, _dimse_messages.C_STORE_RQ) else b""
+    elements = _plain_c_store_rq(encoded) if encoded else None
+    if elements is None:
+        return _original_message_to_primitive(self)
+    primitive = C_STORE()
+    primitive.MessageID = int.from_bytes(elements[0x00000110], "little")
+    primitive.AffectedSOPClassUID = elements[0x00000002].decode("ascii")
+    primitive.AffectedSOPInstanceUID = elements[0x00001000].decode("ascii")
+    primitive.Priority = int.from_bytes(elements[0x00000700], "little")
+    primitive.DataSet = self.data_set
+    primitive._context_id = self.context_id
+    primitive._dataset_path = self._data_set_path
+    primitive._dataset_file = self._data_set_file
+    return primitive
+
+
 _original_send_msg = _dimse.DIMSEServiceProvider.send_msg
 
 
@@ -819,6 +876,7 @@ def install() -> None:
         _association.Association._run_reactor = _assoc_run_reactor
         _transport.AssociationSocket.recv = _socket_recv
         _dimse.DIMSEServiceProvider.send_msg = _send_msg
+        _dimse_messages.DIMSEMessage.message_to_primitive = _message_to_primitive
         _dimse_messages.NamedTemporaryFile = _named_temporary_file
         _dimse_messages.create_file_meta = _create_file_meta
         _dimse_messages.write_file_meta_info = _write_file_meta_info

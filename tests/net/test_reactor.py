@@ -271,3 +271,52 @@ def test_spool_file_not_flushed_elsewhere_is_flushed_by_sync(tmp_path, monkeypat
     spooled.sync()
     assert flushed == [spooled.fileno()]
     spooled.close()
+
+
+def _c_store_rq_message(sop_uid: str, priority: int = 0, move_originator: str = ""):
+    from io import BytesIO
+
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.dsutils import decode, encode
+
+    primitive = C_STORE()
+    primitive.MessageID = 4242
+    primitive.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    primitive.AffectedSOPInstanceUID = sop_uid
+    primitive.Priority = priority
+    if move_originator:
+        primitive.MoveOriginatorApplicationEntityTitle = move_originator
+        primitive.MoveOriginatorMessageID = 7
+    sent = C_STORE_RQ()
+    sent.primitive_to_message(primitive)
+    encoded = encode(sent.command_set, True, True)
+    received = C_STORE_RQ()
+    received.encoded_command_set = BytesIO(encoded)
+    received.command_set = decode(BytesIO(encoded), True, True)
+    received.data_set = BytesIO(b"dataset")
+    received.context_id = 3
+    received._data_set_path = None
+    received._data_set_file = None
+    return received, encoded
+
+
+@pytest.mark.parametrize(("sop_uid", "priority", "move_originator"), [
+    ("1.2.3.4", 0, ""), ("1.2.3.45", 1, ""), ("1.2.826.0.1.3680043.8.498." + "9" * 36, 2, ""),
+    ("1.2.3.4", 0, "MOVER"),  # not plain: pynetdicom's way
+])
+def test_c_store_request_primitive_matches_pynetdicoms(sop_uid, priority, move_originator):
+    message, encoded = _c_store_rq_message(sop_uid, priority, move_originator)
+    assert (reactor._plain_c_store_rq(encoded) is None) == bool(move_originator)
+    ours = reactor._message_to_primitive(message)
+    theirs = reactor._original_message_to_primitive(message)
+    assert type(ours) is type(theirs)
+    assert vars(ours) == vars(theirs)
+
+
+def test_unusual_c_store_commands_are_left_to_pynetdicom():
+    _, encoded = _c_store_rq_message("1.2.3.4")
+    assert reactor._plain_c_store_rq(encoded[:-3]) is None  # truncated
+    assert reactor._plain_c_store_rq(encoded.replace(b"1.2.3.4", b"1.2.x.4")) is None  # not a UID
+    extra = b"\x00\x00\x00\x09\x02\x00\x00\x00\x00\x00"  # (0000,0900) Status: not in a request
+    assert reactor._plain_c_store_rq(encoded + extra) is None
