@@ -33,36 +33,32 @@ _PIXEL_DATA = 0x7FE00010
 _CODECS = {"": "iso8859", "ISO_IR 6": "iso8859", "ISO_IR 100": "latin_1", "ISO_IR 192": "UTF8"}
 _SPECIFIC_CHARACTER_SET = 0x00080005
 
+_SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT",
+                        b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<L")
-_TAG = struct.Struct("<HH")
+_EXPLICIT_HEADER = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
 
 
 class _Unsure(Exception):
     """The encoding is not one this module reads exactly like pydicom."""
 
 
-def _tag_at(buf: memoryview, pos: int) -> int:
-    group, elem = _TAG.unpack_from(buf, pos)
-    return (group << 16) | elem
-
-
 def _element_at(buf: memoryview, pos: int, implicit: bool) -> tuple[int, bytes, int, int]:
     """(tag, VR or b"", value offset, value length) of the element at ``pos``."""
-    end = len(buf)
-    if pos + 8 > end:
+    if pos + 8 > len(buf):
         raise _Unsure("truncated element header")
-    tag = _tag_at(buf, pos)
-    if implicit or tag in (_ITEM, _ITEM_END, _SEQ_END):
+    group, elem, vr, short_length = _EXPLICIT_HEADER.unpack_from(buf, pos)
+    tag = (group << 16) | elem
+    if implicit or group == 0xFFFE:  # items and delimiters have no VR in any syntax
         return tag, b"", pos + 8, _U32.unpack_from(buf, pos + 4)[0]
-    vr = bytes(buf[pos + 4:pos + 6])
     if vr in _LONG_VRS:
-        if pos + 12 > end:
+        if pos + 12 > len(buf):
             raise _Unsure("truncated element header")
         return tag, vr, pos + 12, _U32.unpack_from(buf, pos + 8)[0]
-    if not vr.isalpha() or not vr.isupper():
+    if vr not in _SHORT_VRS:
         raise _Unsure(f"not a VR: {vr!r}")
-    return tag, vr, pos + 8, _U16.unpack_from(buf, pos + 6)[0]
+    return tag, vr, pos + 8, short_length
 
 
 def _skip_undefined(buf: memoryview, pos: int, implicit: bool, closer: int, depth: int) -> int:
