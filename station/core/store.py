@@ -3,12 +3,17 @@
 Hierarchy: object of inspection (patient) -> study (scan) -> series -> instance.
 
 Durability contract, relied on by the receiver before it acknowledges a C-STORE:
-``Store.ingest`` returns only after
+``Store.ingest`` and ``Store.adopt`` return only after
 
 1. the whole Part 10 file was written to a temp file in ``<root>/tmp`` (same filesystem),
-2. the temp file was fsynced,
+2. the temp file was fsynced (for ``adopt``, possibly by the caller's ``sync``, which
+   may flush it on another thread with fdatasync: data and size, not timestamps),
 3. it was atomically renamed to its final name and the directory was fsynced,
 4. the index row was committed (SQLite WAL).
+
+Each step waits for the one before: a file is renamed only once its data is on disk, so
+whatever name a crash leaves visible under ``objects/`` holds a complete file, and the
+directory is fsynced per instance because only that makes the new name itself durable.
 
 The files are the source of truth; the index is derived from them. SQLite runs with
 ``synchronous=NORMAL``: a commit survives a crash of the process (the test kills the

@@ -8,7 +8,9 @@ failure status (0xA700 out of resources, 0xC000 cannot understand), never succes
 
 Threads: pynetdicom runs one thread per association and calls the handlers below on it.
 Handlers only persist, index and publish an event on the ``EventBus``; they never wait on
-the GUI.
+the GUI. Each association's DUL thread writes the incoming dataset straight to a spool
+file in the store and, once it is complete, flushes it to disk while the handler starts
+(see ``reactor.SpoolFile``); the handler's ``Store.adopt`` waits for that flush.
 """
 
 from __future__ import annotations
