@@ -8,7 +8,9 @@ failure status (0xA700 out of resources, 0xC000 cannot understand), never succes
 
 Threads: pynetdicom runs one thread per association and calls the handlers below on it.
 Handlers only persist, index and publish an event on the ``EventBus``; they never wait on
-the GUI.
+the GUI. Each association's DUL thread writes the incoming dataset straight to a spool
+file in the store and, once it is complete, flushes it to disk while the handler starts
+(see ``reactor.SpoolFile``); the handler's ``Store.adopt`` waits for that flush.
 """
 
 from __future__ import annotations
@@ -325,13 +327,16 @@ class Receiver(ReceiverStatus):
         request = event.request
         spooled = getattr(request, "_dataset_file", None)
         if isinstance(spooled, reactor.SpoolFile):
-            # Chunked receive: the dataset is already in the store's spool folder.
-            spooled.close()
-            if spooled.error is not None:
-                Path(spooled.name).unlink(missing_ok=True)
-                raise StoreFullError(f"store is full: {spooled.error.strerror}") if spooled.error.errno in (
-                    errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else StoreError(f"cannot spool: {spooled.error}")
-            return self.store.adopt(spooled.name, source=source)
+            # Chunked receive: the dataset is already in the store's spool folder (and
+            # possibly being flushed to disk by the DUL thread: the store waits for that).
+            try:
+                if spooled.error is not None:
+                    Path(spooled.name).unlink(missing_ok=True)
+                    raise StoreFullError(f"store is full: {spooled.error.strerror}") if spooled.error.errno in (
+                        errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else StoreError(f"cannot spool: {spooled.error}")
+                return self.store.adopt(spooled.name, source=source, sync=spooled.sync)
+            finally:
+                spooled.close()
         path = getattr(request, "_dataset_path", None)
         if path is not None:  # chunked receive into pynetdicom's own temp file
             return self.store.ingest([Path(path).read_bytes()], source=source)

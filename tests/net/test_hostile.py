@@ -126,6 +126,12 @@ def test_only_allowed_calling_ae_titles_may_send(make_receiver, store, tmp_path,
     assert refused.returncode != 0
     assert "rejected" in refused.stderr.lower()
     assert store.count_instances() == 0
+    # The rejection reaches storescu from the DUL thread while the association thread
+    # is still publishing the error: wait for it rather than race it.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(
+            isinstance(e, ReceiverError) and "INTRUDER" in e.calling_aet for e in events):
+        time.sleep(0.02)
     assert any(isinstance(e, ReceiverError) and "INTRUDER" in e.calling_aet for e in events)
     accepted = send("CT_LANE1")
     assert accepted.returncode == 0, accepted.stderr

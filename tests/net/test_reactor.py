@@ -21,8 +21,7 @@ def installed():
     reactor.install()
 
 
-@pytest.fixture
-def scp():
+def _start_scp() -> tuple[object, list[str]]:
     stored: list[str] = []
 
     def on_store(event):
@@ -36,6 +35,24 @@ def scp():
     ae.acse_timeout = 2.0
     server = ae.start_server(("127.0.0.1", 0), block=False,
                              evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    return server, stored
+
+
+@pytest.fixture
+def scp():
+    server, stored = _start_scp()
+    yield server.server_address[1], stored
+    server.shutdown()
+
+
+@pytest.fixture
+def quiet_scp(monkeypatch):
+    """An SCP without pynetdicom's standard logging handlers (as the receiver runs)."""
+    from pynetdicom import _config
+
+    # Bound, those handlers see every PDU and so turn the P-DATA fast paths off.
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")
+    server, stored = _start_scp()
     yield server.server_address[1], stored
     server.shutdown()
 
@@ -135,3 +152,171 @@ def test_direct_c_store_response_matches_pynetdicoms_encoding(status, sop_uid):
     (_, fragment), = pdata.presentation_data_value_list
     assert fragment[0] == 0x03
     assert reactor.encode_c_store_rsp(primitive) == fragment[1:]
+
+
+def _pdata_tf(items: list[tuple[int, bytes]]) -> bytes:
+    from pynetdicom.pdu import P_DATA_TF
+    from pynetdicom.pdu_primitives import P_DATA
+
+    primitive = P_DATA()
+    primitive.presentation_data_value_list = [[cx, value] for cx, value in items]
+    pdu = P_DATA_TF()
+    pdu.from_primitive(primitive)
+    return pdu.encode()
+
+
+@pytest.mark.parametrize("items", [
+    [(1, b"\x03" + b"\x00" * 20)],
+    [(1, b"\x03" + b"\x01" * 31), (1, b"\x00" + bytes(range(256)) * 3), (3, b"\x02\xff")],
+])
+def test_pdv_split_matches_pynetdicoms_p_data_decoder(items):
+    from pynetdicom.pdu import P_DATA_TF
+
+    encoded = _pdata_tf(items)
+    pdu = P_DATA_TF()
+    pdu.decode(encoded)
+    expected = pdu.to_primitive().presentation_data_value_list
+    split = reactor._split_pdvs(memoryview(encoded))
+    assert [(cx, bytes(value)) for cx, value in split] == [(cx, bytes(value)) for cx, value in expected]
+
+
+@pytest.mark.parametrize("bad", [
+    b"\x04\x00\x00\x00\x00\x00",  # no item
+    b"\x04\x00\x00\x00\x00\x05\x00\x00\x00\x01\x01",  # item shorter than its two header bytes
+    b"\x04\x00\x00\x00\x00\x08\x00\x00\x00\x03\x01\x03\x00\x00",  # trailing bytes after the item
+    b"\x04\x00\x00\x00\x00\x06\x00\x00\x00\x09\x01\x03",  # item longer than the PDU
+])
+def test_malformed_pdvs_are_left_to_pynetdicoms_decoder(bad):
+    assert reactor._split_pdvs(memoryview(bad)) is None
+
+
+def test_store_skips_pdu_objects_and_the_dul_hand_over(quiet_scp, tmp_path, monkeypatch):
+    """On a plain association, received P-DATA bypasses PDU decoding and C-STORE responses
+    go out from the association thread; what arrives and what the sender gets is unchanged."""
+    from pynetdicom.dul import DULServiceProvider
+
+    decoded: list[tuple[bool, int]] = []
+    original = DULServiceProvider._decode_pdu
+
+    def counting(self, bytestream):
+        decoded.append((self.assoc.is_acceptor, bytestream[0]))
+        return original(self, bytestream)
+
+    monkeypatch.setattr(DULServiceProvider, "_decode_pdu", counting)
+    direct: list[int] = []
+    original_direct = reactor._send_pdata_directly
+
+    def counting_direct(dul, context_id, value):
+        sent = original_direct(dul, context_id, value)
+        direct.append(sent)
+        return sent
+
+    monkeypatch.setattr(reactor, "_send_pdata_directly", counting_direct)
+    port, stored = quiet_scp
+    files = make_ct_files(tmp_path, n=3, size=256)
+    ae = AE()
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.maximum_pdu_size = 16384  # many P-DATA PDUs per instance
+    assoc = ae.associate("127.0.0.1", port, ae_title="SCP")
+    assert assoc.is_established
+    assert [assoc.send_c_store(f).Status for f in files] == [0, 0, 0]
+    assoc.release()
+    assert len(stored) == 3
+    assert (True, 0x04) not in decoded
+    assert direct == [True, True, True]
+
+
+@pytest.mark.parametrize("sop_uid", ["1.2.3.4", "1.2.3.45", "1.2.826.0.1.3680043.8.498." + "9" * 36])
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.70"])
+@pytest.mark.parametrize("aet", ["", "CT1", "CT_LANE_01", "SIXTEEN_CHARS_AE"])
+def test_file_meta_encoding_matches_pydicoms(sop_uid, syntax, aet):
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+    from pynetdicom.dsutils import create_file_meta
+
+    meta = create_file_meta(sop_class_uid="1.2.840.10008.5.1.4.1.1.2", sop_instance_uid=sop_uid,
+                            transfer_syntax=syntax)
+    if aet:
+        meta.SourceApplicationEntityTitle = aet
+    expected = DicomBytesIO()
+    write_file_meta_info(expected, meta, enforce_standard=True)
+    encoded = reactor.encode_file_meta("1.2.840.10008.5.1.4.1.1.2", sop_uid, syntax, aet)
+    assert encoded == expected.getvalue()
+
+
+def test_spool_file_flush_failure_on_the_dul_thread_reaches_the_adopting_thread(tmp_path, monkeypatch):
+    import errno
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    spooled = reactor.SpoolFile(tmp_path)
+    spooled.write(b"x" * 1000)
+    spooled.sync_pending = True  # as the message queue marks it on the fast path
+    monkeypatch.setattr(reactor, "_fdatasync", disk_full)
+    flusher = threading.Timer(0.1, spooled.finish)
+    flusher.start()
+    with pytest.raises(OSError) as failure:
+        spooled.sync()  # waits for the flush on the other thread
+    assert failure.value.errno == errno.ENOSPC
+    spooled.close()
+    flusher.join()
+
+
+def test_spool_file_not_flushed_elsewhere_is_flushed_by_sync(tmp_path, monkeypatch):
+    flushed: list[int] = []
+    spooled = reactor.SpoolFile(tmp_path)
+    spooled.write(b"x" * 1000)
+    monkeypatch.setattr(reactor, "_fdatasync", flushed.append)
+    spooled.sync()
+    assert flushed == [spooled.fileno()]
+    spooled.close()
+
+
+def _c_store_rq_message(sop_uid: str, priority: int = 0, move_originator: str = ""):
+    from io import BytesIO
+
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.dsutils import decode, encode
+
+    primitive = C_STORE()
+    primitive.MessageID = 4242
+    primitive.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    primitive.AffectedSOPInstanceUID = sop_uid
+    primitive.Priority = priority
+    if move_originator:
+        primitive.MoveOriginatorApplicationEntityTitle = move_originator
+        primitive.MoveOriginatorMessageID = 7
+    sent = C_STORE_RQ()
+    sent.primitive_to_message(primitive)
+    encoded = encode(sent.command_set, True, True)
+    received = C_STORE_RQ()
+    received.encoded_command_set = BytesIO(encoded)
+    received.command_set = decode(BytesIO(encoded), True, True)
+    received.data_set = BytesIO(b"dataset")
+    received.context_id = 3
+    received._data_set_path = None
+    received._data_set_file = None
+    return received, encoded
+
+
+@pytest.mark.parametrize(("sop_uid", "priority", "move_originator"), [
+    ("1.2.3.4", 0, ""), ("1.2.3.45", 1, ""), ("1.2.826.0.1.3680043.8.498." + "9" * 36, 2, ""),
+    ("1.2.3.4", 0, "MOVER"),  # not plain: pynetdicom's way
+])
+def test_c_store_request_primitive_matches_pynetdicoms(sop_uid, priority, move_originator):
+    message, encoded = _c_store_rq_message(sop_uid, priority, move_originator)
+    assert (reactor._plain_c_store_rq(encoded) is None) == bool(move_originator)
+    ours = reactor._message_to_primitive(message)
+    theirs = reactor._original_message_to_primitive(message)
+    assert type(ours) is type(theirs)
+    assert vars(ours) == vars(theirs)
+
+
+def test_unusual_c_store_commands_are_left_to_pynetdicom():
+    _, encoded = _c_store_rq_message("1.2.3.4")
+    assert reactor._plain_c_store_rq(encoded[:-3]) is None  # truncated
+    assert reactor._plain_c_store_rq(encoded.replace(b"1.2.3.4", b"1.2.x.4")) is None  # not a UID
+    extra = b"\x00\x00\x00\x09\x02\x00\x00\x00\x00\x00"  # (0000,0900) Status: not in a request
+    assert reactor._plain_c_store_rq(encoded + extra) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pydicom
@@ -77,6 +78,11 @@ def test_storescu_series_is_stored_indexed_and_published(running, store, tmp_pat
     assert receiver.instances_received == 12
     assert recorder.of(AssociationClosed)[-1].how == "released"
     assert receiver.open_associations == 0
+    # The spool file prepared for a 13th instance that never came is gone with the association.
+    deadline = time.monotonic() + 5
+    while list(store.tmp_dir.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert list(store.tmp_dir.iterdir()) == []
 
 
 @pytest.mark.parametrize(("name", "propose"), [
@@ -160,3 +166,36 @@ def test_concurrent_scanners(running, store, tmp_path, dcmtk_env):
     assert store.count_instances() == 60
     assert sorted(r.instances for r in store.series_list()) == [15, 15, 15, 15]
     assert len(recorder.of(InstanceStored)) == 60
+
+
+def test_spooled_instances_are_flushed_on_the_dul_thread_before_the_rename(running, store, tmp_path, monkeypatch):
+    """The DUL thread flushes a complete spool file while the association thread reads its
+    header; the store's adopt (which renames it into place) ends only after that flush."""
+    from station.core.store import Store
+    from station.net import reactor
+
+    order: list[tuple[str, str, str]] = []
+    finish, adopt = reactor.SpoolFile.finish, Store.adopt
+
+    def recording_finish(self):
+        finish(self)
+        order.append(("flushed", Path(self.name).name, threading.current_thread().name))
+
+    def recording_adopt(self, spooled, **kwargs):
+        event = adopt(self, spooled, **kwargs)
+        order.append(("adopted", Path(spooled).name, threading.current_thread().name))
+        return event
+
+    monkeypatch.setattr(reactor.SpoolFile, "finish", recording_finish)
+    monkeypatch.setattr(Store, "adopt", recording_adopt)
+    receiver, _ = running
+    files = make_ct_files(tmp_path / "scan", n=3, size=64)
+    result = send_files("127.0.0.1", receiver.port, files, called_aet="STATION")
+    assert result.ok
+    assert store.count_instances() == 3
+    flushed = {name: (k, thread) for k, (what, name, thread) in enumerate(order) if what == "flushed"}
+    adopted = {name: (k, thread) for k, (what, name, thread) in enumerate(order) if what == "adopted"}
+    assert len(adopted) == 3 and set(adopted) <= set(flushed)
+    for name, (k, thread) in adopted.items():
+        assert flushed[name][0] < k
+        assert flushed[name][1] != thread
