@@ -42,6 +42,11 @@ HOSTILE_PAYLOADS = {
 }
 
 
+#: The simulated scanners run this much lower than the station: they stand in for machines
+#: elsewhere on the network, which do not take the station's CPUs.
+SCANNERS_NICE = 10
+
+
 def _series(folder: Path, *, size: int, slices: int, seed: int) -> Path:
     synth.write_ct_series(synth.make_bag_volume(size=size, slices=slices, seed=seed), folder)
     (folder / "truth.json").unlink(missing_ok=True)
@@ -209,17 +214,15 @@ def load_part(work: Path, seconds: float, senders: int = 8) -> dict[str, Any]:
     window.show()
 
     # Each scanner is a shell loop of dcmtk storescu runs, outside this process, so the
-    # measurement sees the station's own work only. nice: the scanners stand in for
-    # machines elsewhere on the network and must not take this 2-core box's CPU from it.
+    # measurement sees the station's own work only (niced: see SCANNERS_NICE).
     loop = ('end=$((SECONDS+{secs})); n=0; while [ $SECONDS -lt $end ]; do '
-            'nice -n 10 storescu -R +sd -aet CT{k} -aec STATION 127.0.0.1 {port} {folder} || exit 1; '
+            'nice -n {nice} storescu -R +sd -aet CT{k} -aec STATION 127.0.0.1 {port} {folder} || exit 1; '
             'n=$((n+40)); done; echo $n')
     procs: list[subprocess.Popen[str]] = []
 
     stalls: list[float] = []
     clock = QElapsedTimer()
-    clock.start()
-    last = [clock.elapsed()]
+    last = [0]
 
     def tick() -> None:
         now = clock.elapsed()
@@ -229,13 +232,23 @@ def load_part(work: Path, seconds: float, senders: int = 8) -> dict[str, Any]:
     timer = QTimer()
     timer.setInterval(10)
     timer.timeout.connect(tick)
-    timer.start()
+    # The window's first layout and paint happen before any scan arrives, as at the start
+    # of a shift: not part of the load.
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.005)
     rss = [_rss_mb()]
     started = time.monotonic()
+    # Starting eight shell loops blocks this (the GUI) thread for a while: harness work,
+    # so it happens before the stall clock starts; the scanners' first sends are measured.
     for k in range(senders):
         procs.append(subprocess.Popen(
-            ["bash", "-c", loop.format(secs=int(seconds), k=k, port=receiver.port, folder=folders[k])],
+            ["bash", "-c", loop.format(secs=int(seconds), k=k, port=receiver.port, folder=folders[k],
+                                       nice=SCANNERS_NICE)],
             env=_dcmtk_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    clock.start()
+    last[0] = clock.elapsed()
+    timer.start()
     next_sample = started + 5
     while time.monotonic() - started < seconds:
         app.processEvents()
@@ -269,6 +282,7 @@ def load_part(work: Path, seconds: float, senders: int = 8) -> dict[str, Any]:
     steady = rss[len(rss) // 2:]
     return {
         "concurrent_senders": senders,
+        "scanners_nice": SCANNERS_NICE,
         "seconds": round(elapsed, 1),
         "instances_sent": sum(sent),
         "instances_acknowledged_per_s": round(sum(sent) / elapsed, 1),
