@@ -31,6 +31,7 @@ from typing import Any
 
 from station.bench.receive import _dcmtk_env, _free_port
 from station.core import synth
+from station.core.sopclasses import DICOS_TDR
 from station.core.store import Store
 
 HOSTILE_PAYLOADS = {
@@ -272,7 +273,10 @@ def load_part(work: Path, seconds: float, senders: int = 8) -> dict[str, Any]:
         time.sleep(0.01)
     timer.stop()
     rss.append(_rss_mb())
-    stored = store.count_instances()
+    # The station's own detector adds a report (a DICOS TDR) per examined scan: not sent.
+    rows = store.series_list()
+    stored = sum(r.instances for r in rows if r.sop_class_uid != DICOS_TDR)
+    reports = sum(r.instances for r in rows if r.sop_class_uid == DICOS_TDR)
     unique_sent = sum(min(s, 40) for s in sent)  # files repeat: each scanner's 40 are replaced in place
     receiver.stop()
     window.viewer.shutdown()
@@ -288,6 +292,7 @@ def load_part(work: Path, seconds: float, senders: int = 8) -> dict[str, Any]:
         "instances_acknowledged_per_s": round(sum(sent) / elapsed, 1),
         "received_by_gui": window._received,
         "distinct_instances_stored": stored,
+        "detector_reports_stored": reports,
         "distinct_instances_sent": unique_sent,
         "sender_failures": len(failures),
         "max_gui_stall_ms": round(max(stalls) if stalls else 0.0, 1),
