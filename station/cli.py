@@ -60,6 +60,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.events_stdout:
+        from station.core.priority import RECEIVER_NICE, lower_priority
+
+        # The GUI's receiver yields the CPU to the GUI: on a two-core station eight
+        # scanners kept it busy enough to stall the event loop for 100-400 ms. Nothing
+        # waits on the GUI, so reception only slows when both compete. First thing, before
+        # any import starts a thread (numpy's BLAS pool): Linux nice is per thread, and
+        # new threads inherit it.
+        lower_priority(RECEIVER_NICE)
     from station.core.events import EventBus, InstanceStored, ReceiverError
     from station.core.store import Store
     from station.net.receiver import Receiver, ReceiverStartError

@@ -31,6 +31,7 @@ from typing import Any
 
 from station.bench.receive import _dcmtk_env, _free_port
 from station.core import synth
+from station.core.sopclasses import DICOS_TDR
 from station.core.store import Store
 
 HOSTILE_PAYLOADS = {
@@ -40,6 +41,11 @@ HOSTILE_PAYLOADS = {
     "absurd_length": b"\x01\x00\xff\xff\xff\xff" + b"\x00" * 10,
     "out_of_order": b"\x04\x00\x00\x00\x00\x06\x00\x00\x00\x02\x01\x03",
 }
+
+
+#: The simulated scanners run this much lower than the station: they stand in for machines
+#: elsewhere on the network, which do not take the station's CPUs.
+SCANNERS_NICE = 10
 
 
 def _series(folder: Path, *, size: int, slices: int, seed: int) -> Path:
@@ -209,17 +215,15 @@ def load_part(work: Path, seconds: float, senders: int = 8) -> dict[str, Any]:
     window.show()
 
     # Each scanner is a shell loop of dcmtk storescu runs, outside this process, so the
-    # measurement sees the station's own work only. nice: the scanners stand in for
-    # machines elsewhere on the network and must not take this 2-core box's CPU from it.
+    # measurement sees the station's own work only (niced: see SCANNERS_NICE).
     loop = ('end=$((SECONDS+{secs})); n=0; while [ $SECONDS -lt $end ]; do '
-            'nice -n 10 storescu -R +sd -aet CT{k} -aec STATION 127.0.0.1 {port} {folder} || exit 1; '
+            'nice -n {nice} storescu -R +sd -aet CT{k} -aec STATION 127.0.0.1 {port} {folder} || exit 1; '
             'n=$((n+40)); done; echo $n')
     procs: list[subprocess.Popen[str]] = []
 
     stalls: list[float] = []
     clock = QElapsedTimer()
-    clock.start()
-    last = [clock.elapsed()]
+    last = [0]
 
     def tick() -> None:
         now = clock.elapsed()
@@ -229,13 +233,23 @@ def load_part(work: Path, seconds: float, senders: int = 8) -> dict[str, Any]:
     timer = QTimer()
     timer.setInterval(10)
     timer.timeout.connect(tick)
-    timer.start()
+    # The window's first layout and paint happen before any scan arrives, as at the start
+    # of a shift: not part of the load.
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.005)
     rss = [_rss_mb()]
     started = time.monotonic()
+    # Starting eight shell loops blocks this (the GUI) thread for a while: harness work,
+    # so it happens before the stall clock starts; the scanners' first sends are measured.
     for k in range(senders):
         procs.append(subprocess.Popen(
-            ["bash", "-c", loop.format(secs=int(seconds), k=k, port=receiver.port, folder=folders[k])],
+            ["bash", "-c", loop.format(secs=int(seconds), k=k, port=receiver.port, folder=folders[k],
+                                       nice=SCANNERS_NICE)],
             env=_dcmtk_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    clock.start()
+    last[0] = clock.elapsed()
+    timer.start()
     next_sample = started + 5
     while time.monotonic() - started < seconds:
         app.processEvents()
@@ -259,7 +273,10 @@ def load_part(work: Path, seconds: float, senders: int = 8) -> dict[str, Any]:
         time.sleep(0.01)
     timer.stop()
     rss.append(_rss_mb())
-    stored = store.count_instances()
+    # The station's own detector adds a report (a DICOS TDR) per examined scan: not sent.
+    rows = store.series_list()
+    stored = sum(r.instances for r in rows if r.sop_class_uid != DICOS_TDR)
+    reports = sum(r.instances for r in rows if r.sop_class_uid == DICOS_TDR)
     unique_sent = sum(min(s, 40) for s in sent)  # files repeat: each scanner's 40 are replaced in place
     receiver.stop()
     window.viewer.shutdown()
@@ -269,11 +286,13 @@ def load_part(work: Path, seconds: float, senders: int = 8) -> dict[str, Any]:
     steady = rss[len(rss) // 2:]
     return {
         "concurrent_senders": senders,
+        "scanners_nice": SCANNERS_NICE,
         "seconds": round(elapsed, 1),
         "instances_sent": sum(sent),
         "instances_acknowledged_per_s": round(sum(sent) / elapsed, 1),
         "received_by_gui": window._received,
         "distinct_instances_stored": stored,
+        "detector_reports_stored": reports,
         "distinct_instances_sent": unique_sent,
         "sender_failures": len(failures),
         "max_gui_stall_ms": round(max(stalls) if stalls else 0.0, 1),

@@ -96,7 +96,11 @@ ROTATE_KEY_DEG = 10.0  # , and . turn the projection
 ROTATE_STEP_DEG = 5.0  # one wheel notch or arrow key on the projection
 ROTATE_DRAG_DEG_PER_PX = 0.5
 
-MPR_REFRESH_MS = 120
+GROWTH_REFRESH_MS = 250
+"""While the open series grows, what is on screen follows it at most this often: each
+update repaints every pane, and at ~20 header batches a second (eight scanners sending)
+that kept a two-core station's GUI thread busy enough to stall for 100-300 ms."""
+MPR_REFRESH_MS = GROWTH_REFRESH_MS
 """While a series arrives, coronal/sagittal/projection refresh at most this often."""
 PROJECTION_REBUILD_S = 1.0
 """While a series arrives, the projection input is rebuilt at most this often."""
@@ -549,6 +553,10 @@ class SliceViewer(QWidget):
         self._mpr_timer = QTimer(self)
         self._mpr_timer.setSingleShot(True)
         self._mpr_timer.timeout.connect(self._on_mpr_timer)
+        self._growth_timer = QTimer(self)
+        self._growth_timer.setSingleShot(True)
+        self._growth_timer.timeout.connect(self._take_growth)
+        self._last_growth = float("-inf")
         self._arrange()
         self._apply_lut()
         self._update_overlay()
@@ -805,6 +813,8 @@ class SliceViewer(QWidget):
         self._hover = ""
         self._hover_pane = ""
         self._last_add = float("-inf")
+        self._growth_timer.stop()
+        self._last_growth = float("-inf")
         self._gathering = False
         self._classifying = False
         self._classified_for = 0
@@ -956,8 +966,8 @@ class SliceViewer(QWidget):
         self._mailbox = _ProjectionMailbox()
 
     def is_busy(self) -> bool:
-        """True while submitted files still wait for their header to be read."""
-        return self._volume is not None and self._files_done < len(self._submitted)
+        """True while submitted files still wait for their header to be read or to be shown."""
+        return self._volume is not None and (self._files_done < len(self._submitted) or self._growth_timer.isActive())
 
     def is_computing(self) -> bool:
         """True while gathering, projecting or classifying runs or waits."""
@@ -1007,7 +1017,21 @@ class SliceViewer(QWidget):
             return  # a report about a series no longer shown
         self._files_done += files_done
         self._errors.extend(errors)
+        wait_ms = GROWTH_REFRESH_MS - (time.monotonic() - self._last_growth) * 1000.0
+        if self._current is not None and wait_ms > 0:
+            # The first slice shows at once; later growth is shown in one go per interval.
+            if not self._growth_timer.isActive():
+                self._growth_timer.start(int(wait_ms) + 1)
+            return
+        self._take_growth()
+
+    def _take_growth(self) -> None:
+        """Show what the volume holds now (GUI thread; from _on_progress or its timer)."""
+        self._growth_timer.stop()
+        self._last_growth = time.monotonic()
         vol = self._volume
+        if vol is None:
+            return
         previous = self._slices
         slices = tuple(vol.slices)
         if not slices:

@@ -15,6 +15,7 @@ import pytest
 
 from station.core.config import ReceiverSettings
 from station.core.events import EventBus, InstanceStored, ReceiverState
+from station.core.priority import RECEIVER_NICE
 from station.net.receiver import ReceiverStartError
 from station.net.receiver_process import ReceiverProcess
 from tests.dicom_factory import make_ct_files
@@ -60,6 +61,10 @@ def test_events_from_the_child_reach_the_parents_bus(tmp_path, dcmtk_env):
         assert {e.patient_id for e in seen.of(InstanceStored)} == {"BAG-5"}
         assert rx.instances_received == 5
         assert wait_for(lambda: rx.open_associations == 0)
+        # Every thread of the child yields the CPU to the GUI (Linux nice is per thread).
+        wanted = min(19, os.getpriority(os.PRIO_PROCESS, 0) + RECEIVER_NICE)
+        tids = [int(t) for t in os.listdir(f"/proc/{rx.pid}/task")]
+        assert {os.getpriority(os.PRIO_PROCESS, t) for t in tids} == {wanted}
     finally:
         rx.stop()
     assert not rx.is_running

@@ -10,6 +10,7 @@ from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtGui import QWheelEvent
 from PySide6.QtWidgets import QApplication
 
+from station.ui import slice_viewer
 from station.ui.slice_viewer import SliceViewer, auto_window, default_window, window_presets
 
 
@@ -86,6 +87,25 @@ def test_untouched_viewer_keeps_to_the_middle_of_a_growing_scan(qtbot, viewer, c
     viewer.add_paths(paths[4:])
     wait_loaded(qtbot, viewer, 20)
     qtbot.waitUntil(lambda: viewer.current_index == 10, timeout=3000)
+    assert shown_value(viewer) == slice_value(10)
+
+
+def test_growth_is_shown_in_one_go_per_interval_and_ends_on_the_newest(qtbot, viewer, ct_files, monkeypatch):
+    monkeypatch.setattr(slice_viewer, "GROWTH_REFRESH_MS", 1500)
+    grew: list[int] = []
+    viewer.volumeGrew.connect(grew.append)
+    paths = ct_files(20)
+    viewer.set_series(None, paths[:1])
+    wait_loaded(qtbot, viewer, 1)
+    assert grew == [1]  # the first slice shows at once
+    for path in paths[1:]:  # one file per arrival, as a scanner sends them
+        viewer.add_paths([path])
+    qtbot.waitUntil(lambda: viewer.volume.n_slices == 20, timeout=5000)
+    assert viewer.slice_count < 20 and viewer.is_busy()  # read, not yet on screen
+    wait_loaded(qtbot, viewer, 20)
+    assert viewer.slice_count == 20 and grew[-1] == 20
+    assert len(grew) <= 3  # 19 arrivals, shown at most once or twice more
+    assert viewer.current_index == 10  # still following the middle of the scan
     assert shown_value(viewer) == slice_value(10)
 
 
