@@ -20,6 +20,10 @@ Dataset, which cost about half a millisecond per instance. Once the association 
 established, a P-DATA-TF PDU goes straight to DIMSE as memoryviews of the received buffer
 (no PDU objects, copies or state-machine event), and the association thread sends that
 response itself rather than handing it to the DUL thread (see ``_send_pdata_directly``).
+Where the AE allows it (the station's receiver does), a complete plain C-STORE request
+is not handed to the association thread at all: the DUL thread runs the handler and
+sends the response itself (see ``_may_serve_directly``), saving a thread wake-up per
+instance.
 
 ``install()`` patches the classes once per process; it is idempotent and checked by
 tests/net/test_reactor.py against pynetdicom's own behaviour (echo, store, release,
@@ -47,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import pynetdicom
+from pynetdicom import _config
 from pynetdicom import association as _association
 from pynetdicom import dul as _dul
 from pynetdicom import transport as _transport
@@ -56,6 +61,8 @@ from pynetdicom import evt as _evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
 
 LOGGER = logging.getLogger(__name__)
 
@@ -81,10 +88,22 @@ class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
 
 
 class _MessageQueue(_WakingQueue):
-    """The DIMSE message queue: a spooled C-STORE queued from the P-DATA fast path is
-    marked for the DUL thread to flush (see ``SpoolFile.finish``) before anyone sees it."""
+    """The DIMSE message queue of an association.
+
+    On the P-DATA fast path a complete C-STORE request that the DUL thread may serve
+    itself (see ``_may_serve_directly``) is not queued but handed back to it; a spooled
+    C-STORE that is queued is marked for the DUL thread to flush (see
+    ``SpoolFile.finish``) before anyone sees it."""
+
+    def __init__(self, wake: Any, assoc: Any) -> None:
+        super().__init__(wake)
+        self._assoc = assoc
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        direct = getattr(_spool, "direct", None)
+        if direct is not None and _may_serve_directly(self._assoc, item):
+            direct.append(item)  # the serve lock is now held for it
+            return
         finishing = getattr(_spool, "finishing", None)
         if finishing is not None and isinstance(item, tuple) and len(item) == 2:
             spooled = getattr(item[1], "_dataset_file", None)
@@ -305,16 +324,20 @@ def _dul_read_pdu_data(self: Any) -> None:
             primitive = P_DATA()
             primitive._presentation_data_value_list = pdvs  # memoryviews; the setter wants bytes
             _spool.finishing = []
+            _spool.direct = [] if getattr(self.assoc.ae, DIRECT_C_STORE_ATTRIBUTE, False) else None
             try:
                 self.assoc.dimse.receive_primitive(primitive)
             finally:
                 # A complete C-STORE was just queued: flush it here while the association
                 # thread wakes up and reads its header, rather than after that, on its thread.
                 finishing, _spool.finishing = _spool.finishing, None
+                direct, _spool.direct = _spool.direct, None
                 for spooled in finishing:
                     spooled.finish()
             if _spool.wanted and self.assoc.dimse.message is None:
                 _prepare_spool_file()  # the message is complete; its handler runs meanwhile
+            for context_id, request in direct or ():
+                _serve_directly(self.assoc, context_id, request)
             return
     try:
         pdu, event = self._decode_pdu(pdu_bytes)
@@ -388,7 +411,10 @@ def _assoc_init(self: Any, *args: Any, **kwargs: Any) -> None:
     checkpoint = _WakingEvent(wake)
     checkpoint.set()
     self._reactor_checkpoint = checkpoint
-    self.dimse.msg_queue = _MessageQueue(wake.set)
+    self.dimse.msg_queue = _MessageQueue(wake.set, self)
+    # Held while a request is served, by the association thread or (see _serve_directly)
+    # the DUL thread, so requests are served one at a time and in order.
+    self._station_serve_lock = threading.Lock()
     self.dul.to_user_queue = _WakingQueue(wake.set)
     _dul_setup_wakeup(self.dul)
 
@@ -413,9 +439,11 @@ def _assoc_run_reactor(self: Any) -> None:
         # Clear before looking, so a wake-up that lands while we look is not lost.
         wake.clear()
 
-        context_id, msg = self.dimse.get_msg(block=False)
+        with self._station_serve_lock:
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, context_id)
         if msg:
-            self._serve_request(msg, context_id)
             continue
 
         if self.is_established and self.acse.is_release_requested():
@@ -458,6 +486,69 @@ def _assoc_run_reactor(self: Any) -> None:
             return
 
         wake.wait(ASSOC_IDLE_WAIT_S)
+
+
+# The receiver sets this AE attribute when its C-STORE handler may run on the DUL thread.
+DIRECT_C_STORE_ATTRIBUTE = "_station_direct_c_store"
+
+
+def _may_serve_directly(assoc: Any, item: Any) -> bool:
+    """Whether the DUL thread may serve this just-decoded request itself (taking the serve lock).
+
+    Handing a C-STORE to the association thread costs a thread wake-up per instance, and
+    the association thread then has nothing to do but run the handler. The DUL thread
+    would only wait for the response meanwhile (the peer sends nothing more until it has
+    it, or, if it does, the socket buffers it). Only for plain C-STORE requests on an
+    acceptor whose AE allows it (the handler must not wait on this association's network
+    traffic, such as its own SCU operations), when nothing is queued or being served (so
+    requests keep their order), the reactor is not paused, and ``_serve_request`` could
+    not abort (a blocking abort would wait for this very thread to stop).
+    """
+    if not (isinstance(item, tuple) and len(item) == 2):
+        return False
+    context_id, request = item
+    if (
+        type(request) is not C_STORE
+        or request.MessageIDBeingRespondedTo is not None
+        or not assoc.is_acceptor
+        or not assoc.is_established
+        or assoc._sent_release
+        or not assoc._reactor_checkpoint.is_set()
+        or context_id not in assoc._accepted_cx
+        or not _is_storage_service(assoc, request)
+    ):
+        return False
+    lock = assoc._station_serve_lock
+    if not lock.acquire(blocking=False):
+        return False
+    if not assoc.dimse.msg_queue.empty():
+        lock.release()
+        return False
+    return True
+
+
+def _is_storage_service(assoc: Any, request: C_STORE) -> bool:
+    """Whether ``_serve_request`` would give this C-STORE to the Storage service class."""
+    if _config.UNRESTRICTED_STORAGE_SERVICE:
+        return True
+    class_uid = request.AffectedSOPClassUID
+    class_uid = assoc.acceptor.accepted_common_extended.get(class_uid, (class_uid,))[0]
+    try:
+        return uid_to_service_class(class_uid) is StorageServiceClass
+    except Exception:  # unknown to pynetdicom: let its own path say so
+        return False
+
+
+def _serve_directly(assoc: Any, context_id: int, request: C_STORE) -> None:
+    """Serve a C-STORE request on the DUL thread (see ``_may_serve_directly``); releases the serve lock."""
+    try:
+        # An abort from here must not wait for the DUL thread (this one) to stop: it is
+        # queued, and this thread sends it once the request is done.
+        assoc.abort = assoc._abort_nonblocking
+        assoc._serve_request(request, context_id)
+    finally:
+        assoc.abort = assoc._abort_blocking
+        assoc._station_serve_lock.release()
 
 
 # -- transport ----------------------------------------------------------------------------------
