@@ -324,6 +324,29 @@ def test_unusual_c_store_commands_are_left_to_pynetdicom():
     assert reactor._plain_c_store_rq(encoded + extra) is None
 
 
+@pytest.mark.parametrize(("sop_uid", "priority", "move_originator"), [
+    ("1.2.3.4", 0, ""), ("1.2.826.0.1.3680043.8.498." + "9" * 36, 2, ""), ("1.2.3.4", 0, "MOVER"),
+])
+def test_command_set_decoding_answers_as_pydicom_does(sop_uid, priority, move_originator):
+    """decode_msg's command set: what it reads comes straight from the encoding for a plain
+    C-STORE-RQ, anything else from pydicom's Dataset; the values are the same either way."""
+    from io import BytesIO
+
+    from pynetdicom.dsutils import decode
+
+    _, encoded = _c_store_rq_message(sop_uid, priority, move_originator)
+    ours, theirs = reactor._decode(BytesIO(encoded), True, True), decode(BytesIO(encoded), True, True)
+    assert isinstance(ours, reactor._PlainCStoreCommand) != bool(move_originator)
+    for keyword in ("CommandField", "CommandDataSetType", "AffectedSOPClassUID", "AffectedSOPInstanceUID",
+                    "MessageID", "Priority", "CommandGroupLength"):
+        assert getattr(ours, keyword) == getattr(theirs, keyword), keyword
+    assert [e.tag for e in ours] == [e.tag for e in theirs]
+    assert ours[0x00000110].value == 4242 and 0x00001000 in ours and len(ours) == len(theirs)
+    message, _ = _c_store_rq_message(sop_uid, priority, move_originator)
+    message.command_set = ours
+    assert vars(reactor._message_to_primitive(message)) == vars(reactor._original_message_to_primitive(message))
+
+
 def _store_over_one_association(port: int, files, **kwargs) -> list[int]:
     ae = AE()
     ae.add_requested_context(Verification)
