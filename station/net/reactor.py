@@ -188,7 +188,7 @@ def _dul_run_reactor(self: Any) -> None:
         # Reads only start once select() says data is waiting, so this bounds how long
         # a peer may stall in the middle of a PDU (a truncated PDU would otherwise hold
         # the thread, and its association slot, forever).
-        raw_socket.settimeout(stall)
+        self._station_kernel_timeouts = _set_stall_timeout(raw_socket, stall)
     self._idle_timer.start()
     try:
         while True:
@@ -279,32 +279,79 @@ def _pdu_length_refused(dul: Any, pdu_type: int, pdu_length: int) -> str:
     return f"PDU type 0x{pdu_type:02X} of {pdu_length} bytes (limit {limit})" if pdu_length > limit else ""
 
 
+def _set_stall_timeout(sock: socket.socket, seconds: float) -> bool:
+    """Bound how long one read or write may wait; True if the kernel enforces it.
+
+    Python's own socket timeout polls before every recv, a system call per read; for a
+    plain TCP socket the kernel's SO_RCVTIMEO/SO_SNDTIMEO bound a blocking socket the
+    same way (a read that waits too long fails with EAGAIN, an OSError like Python's
+    TimeoutError). TLS sockets keep Python's timeout.
+    """
+    if isinstance(sock, ssl.SSLSocket) or not hasattr(socket, "SO_RCVTIMEO"):
+        sock.settimeout(seconds)
+        return False
+    whole = int(seconds)
+    timeval = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    try:
+        sock.settimeout(None)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    except OSError:
+        sock.settimeout(seconds)
+        return False
+    return True
+
+
 def _dul_read_pdu_data(self: Any) -> None:
     """pynetdicom's DULServiceProvider._read_pdu_data, refusing absurd PDU lengths.
 
     pynetdicom reads whatever length a peer announces; a hostile peer announcing 4 GB
     would make it allocate 4 GB. Here the announced length is checked first: too long
     for its type is an invalid PDU (Evt19: the association is aborted).
+
+    The P-DATA PDUs of one DIMSE message are read back to back while the next one has
+    already arrived (see ``_next_pdu_waiting``), rather than one per turn of the loop.
     """
+    while _read_pdu(self) and _next_pdu_waiting(self):
+        pass
+
+
+def _next_pdu_waiting(dul: Any) -> bool:
+    """Whether the DUL thread may read the next PDU at once, skipping its loop's checks:
+    it is here already, and the loop has nothing else to do (events, primitives to send,
+    a kill). Only where the kernel enforces the stall timeout, so that peeking cannot block.
+    """
+    if dul._kill_thread or not dul.event_queue.empty() or not dul.to_provider_queue.empty():
+        return False
+    if not getattr(dul, "_station_kernel_timeouts", False):
+        return False
+    try:
+        return bool(dul.socket.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (OSError, AttributeError):  # nothing there yet, or the socket is gone
+        return False
+
+
+def _read_pdu(self: Any) -> bool:
+    """Read and act on one PDU; True if it was part of a DIMSE message that is not complete yet."""
     try:
         header = self.socket.recv(6)
     except (OSError, TimeoutError) as exc:
         LOGGER.error("connection from %s closed before the entire PDU was received: %s", _peer_of(self), exc)
         self.event_queue.put("Evt17")
-        return
+        return False
     if len(header) != 6:
         self.event_queue.put("Evt17")
-        return
+        return False
     pdu_type, _, pdu_length = struct.unpack(">BBL", header)
     if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
         LOGGER.error("unknown PDU type 0x%02X from %s", pdu_type, _peer_of(self))
         self.event_queue.put("Evt19")
-        return
+        return False
     refused = _pdu_length_refused(self, pdu_type, pdu_length)
     if refused:
         LOGGER.error("refusing %s from %s", refused, _peer_of(self))
         self.event_queue.put("Evt19")
-        return
+        return False
     pdu_bytes = _pdu_buffer(self, 6 + pdu_length)  # one buffer: no concatenation copy
     pdu_bytes[:6] = header
     try:
@@ -312,11 +359,11 @@ def _dul_read_pdu_data(self: Any) -> None:
     except (OSError, TimeoutError) as exc:
         LOGGER.error("connection from %s closed before the entire PDU was received: %s", _peer_of(self), exc)
         self.event_queue.put("Evt17")
-        return
+        return False
     if received != pdu_length:
         LOGGER.error("PDU from %s is shorter than announced (%d of %d bytes)", _peer_of(self), received, pdu_length)
         self.event_queue.put("Evt17")
-        return
+        return False
     if pdu_type == 0x04 and _pdata_fast_path_allowed(self):
         pdvs = _split_pdvs(pdu_bytes)
         if pdvs is not None:
@@ -336,19 +383,22 @@ def _dul_read_pdu_data(self: Any) -> None:
                 direct, _spool.direct = _spool.direct, None
                 for spooled in finishing:
                     spooled.finish()
-            if _spool.wanted and self.assoc.dimse.message is None:
-                _prepare_spool_file()  # the message is complete; its handler runs meanwhile
             for context_id, request in direct or ():
                 _serve_directly(self.assoc, context_id, request)
-            return
+            if _spool.wanted and self.assoc.dimse.message is None:
+                # The message is complete: its handler runs meanwhile on the association
+                # thread, or ran here and the sender is now busy with its next request.
+                _prepare_spool_file()
+            return self.assoc.dimse.message is not None
     try:
         pdu, event = self._decode_pdu(bytearray(pdu_bytes))  # its own copy: PDU objects may keep it
     except Exception as exc:  # pynetdicom raises many types for malformed PDUs
         LOGGER.error("cannot decode a PDU from %s: %s", _peer_of(self), exc)
         self.event_queue.put("Evt19")
-        return
+        return False
     self.event_queue.put(event)
     self._recv_pdu.put(pdu)
+    return False
 
 
 # PDUs up to this size are read into one buffer per association, reused: allocating (and
@@ -811,11 +861,13 @@ def _named_temporary_file(*args: Any, **kwargs: Any) -> Any:
 def _prepare_spool_file() -> None:
     """Create the spool file for the association's next C-STORE now (DUL thread).
 
-    Creating a file right after the previous instance's fsyncs costs about a quarter of a
-    millisecond (the journal is busy), on the path between the sender's request and our
-    answer. Done once a message is complete, it overlaps with that message's handler. An
-    unused one is removed when the association ends, or with the other leftovers of a
-    crash when the store is next opened.
+    Creating a file right after the previous instance's fsyncs costs about a tenth to a
+    quarter of a millisecond (the journal is busy), on the path between the sender's
+    request and our answer. Done once a message is complete, it overlaps with that
+    message's handler on the association thread, or, when the DUL thread served it
+    itself, with the sender's turnaround after our answer. An unused one is removed when
+    the association ends, or with the other leftovers of a crash when the store is next
+    opened.
     """
     _spool.wanted = False
     try:

@@ -479,3 +479,21 @@ def test_the_dul_thread_serves_only_a_plain_c_store_when_nothing_else_is_going_o
     assert not reactor._may_serve_directly(assoc, (context_id, request))
     # Refusing leaves the lock as it was.
     assert assoc._station_serve_lock.locked() == (why_not == "serving")
+
+
+def test_stall_timeout_on_a_plain_socket_is_the_kernels_and_still_ends_a_stalled_read():
+    """Without Python's socket timeout (a poll before every read), a read that waits longer
+    than the stall timeout still fails, as an OSError the DUL turns into a closed connection."""
+    a, b = socket.socketpair()
+    try:
+        assert reactor._set_stall_timeout(a, 0.2) is True
+        assert a.gettimeout() is None
+        b.sendall(b"\x04\x00")  # two bytes of a six-byte PDU header, then silence
+        assert a.recv(2) == b"\x04\x00"
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            a.recv(4)
+        assert time.monotonic() - started < 5
+    finally:
+        a.close()
+        b.close()
