@@ -66,6 +66,8 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
+from station.core.store import HEADER_SCAN_BYTES
+
 LOGGER = logging.getLogger(__name__)
 
 SUPPORTED_PYNETDICOM = "3.0.4"
@@ -701,6 +703,8 @@ class SpoolFile:
         self._fd = fd
         self.file = self  # pynetdicom calls ``.file.flush()`` after each fragment
         self.error: OSError | None = None
+        # The file's first bytes as written, for the store's header scan (no re-read).
+        self.head = bytearray()
         self._written = 0
         self._flushed_to = 0
         # Set (before the message is queued) when the DUL thread will flush the file itself
@@ -712,6 +716,8 @@ class SpoolFile:
         if self.error is not None or self._fd < 0:
             return len(data)
         view = memoryview(data).cast("B")
+        if len(self.head) < HEADER_SCAN_BYTES:
+            self.head += view[:HEADER_SCAN_BYTES - len(self.head)]
         try:
             done = 0
             while done < len(view):
@@ -724,6 +730,11 @@ class SpoolFile:
             _sync_file_range(self._fd, self._flushed_to, self._written - self._flushed_to, _SYNC_FILE_RANGE_WRITE)
             self._flushed_to = self._written
         return done
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far (the whole file once its message is complete)."""
+        return self._written
 
     def flush(self) -> None:
         return None

@@ -341,7 +341,8 @@ class Receiver(ReceiverStatus):
                     Path(spooled.name).unlink(missing_ok=True)
                     raise StoreFullError(f"store is full: {spooled.error.strerror}") if spooled.error.errno in (
                         errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else StoreError(f"cannot spool: {spooled.error}")
-                return self.store.adopt(spooled.name, source=source, sync=spooled.sync)
+                return self.store.adopt(spooled.name, source=source, sync=spooled.sync,
+                                        head=spooled.head, size=spooled.size)
             finally:
                 spooled.close()
         path = getattr(request, "_dataset_path", None)
