@@ -415,6 +415,11 @@ def _read_header(source: bytes | BinaryIO, origin: str, head: bytes | bytearray 
             header = _pydicom_header(source)
         except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
             raise InvalidInstanceError(f"{origin}: not a readable DICOM instance: {exc}") from exc
+    return _checked_header(header, origin)
+
+
+def _checked_header(header: _Header, origin: str) -> _Header:
+    """``header``, if it has what the index needs; InvalidInstanceError naming what is missing."""
     missing = [
         name
         for name, value in (
@@ -613,14 +618,18 @@ class Store:
         return self.tmp_dir
 
     def adopt(self, spooled: str | os.PathLike[str], *, source: str = "",
-              sync: Callable[[], None] | None = None) -> InstanceStored:
+              sync: Callable[[], None] | None = None,
+              head: bytes | bytearray | memoryview | None = None, size: int | None = None) -> InstanceStored:
         """Durably store a complete Part 10 file already written into ``spool_dir()``.
 
         The file is fsynced and renamed into place (no copy). Called on receiver threads.
         ``sync``, if given, replaces the fsync: it must return only once the file's data
         and size are on disk, and raise OSError if they cannot be (the receiver's spool
-        file is flushed by another thread while the header is read here). On any failure
-        the spooled file is removed and StoreError raised.
+        file may be flushed by another thread while the header is read here). ``head``
+        and ``size``, if given, are the file's first ``HEADER_SCAN_BYTES`` (or all of it)
+        and its size, as the caller wrote them: the header is then read from them rather
+        than from the file (which is opened only if the quick scan is unsure). On any
+        failure the spooled file is removed and StoreError raised.
         """
         spooled = Path(spooled)
         try:
@@ -631,13 +640,21 @@ class Store:
             if spooled.parent != self.tmp_dir and spooled.parent.resolve() != self.tmp_dir:
                 raise StoreError(f"{spooled} is not in the store's spool folder {self.tmp_dir}")
             try:
-                with open(spooled, "rb") as f:
-                    header, nbytes = _read_file_header(f, source or str(spooled))
+                header = None
+                if head is not None and size is not None and (sync is not None or not self._durable):
+                    header = _scanned_header(head, len(head) >= size)
+                if header is not None:
+                    header, nbytes = _checked_header(header, source or str(spooled)), size
                     if self._durable:
-                        if sync is not None:
-                            sync()
-                        else:
-                            os.fsync(f.fileno())
+                        sync()  # type: ignore[misc]  # not None: checked above
+                else:
+                    with open(spooled, "rb") as f:
+                        header, nbytes = _read_file_header(f, source or str(spooled))
+                        if self._durable:
+                            if sync is not None:
+                                sync()
+                            else:
+                                os.fsync(f.fileno())
             except OSError as exc:
                 raise self._write_error(exc, spooled) from exc
         except BaseException:
@@ -662,11 +679,15 @@ class Store:
         try:
             self._ensure_dir(final.parent)
             os.replace(tmp, final)
-            if self._durable:
-                _fsync_dir(final.parent)
         except OSError as exc:
             self._discard(tmp)
             raise self._write_error(exc, final) from exc
+        if self._durable:
+            try:
+                _fsync_dir(final.parent)
+            except OSError as exc:
+                self._unstore(final)
+                raise self._write_error(exc, final) from exc
         received_at = time.time()
         try:
             replaced_path = self._index(header, final, nbytes, received_at, source)
@@ -693,6 +714,22 @@ class Store:
             source=source,
             received_at=received_at,
         )
+
+    def _unstore(self, final: Path) -> None:
+        """Take back a file renamed into place whose name could not be made durable.
+
+        The sender is told it was not stored, so it must not turn up later (a reconcile
+        indexes every file it finds). Unless it replaced an instance already indexed
+        under that name: that row stays, and the file holds the same instance again.
+        """
+        rel = str(final.relative_to(self.root))
+        try:
+            with self._write_lock:
+                indexed = self._writer.execute("SELECT 1 FROM instances WHERE path=?", (rel,)).fetchone()
+        except sqlite3.Error:
+            indexed = None
+        if indexed is None:
+            self._discard(final)
 
     def _ensure_dir(self, directory: Path) -> None:
         if directory in self._known_dirs:
@@ -733,28 +770,27 @@ class Store:
                     (h.study_uid, h.patient_id, h.study_date, h.study_time, h.accession,
                      h.study_description, now, now),
                 )
-                c.execute(
-                    "INSERT INTO series(series_uid, study_uid, modality, sop_class_uid, series_number,"
-                    " description, first_received, last_received) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT(series_uid) DO UPDATE SET last_received=excluded.last_received",
-                    (h.series_uid, h.study_uid, h.modality, h.sop_class_uid, h.series_number,
-                     h.series_description, now, now),
-                )
                 if old is not None:
                     c.execute(
                         "UPDATE series SET instances=instances-1, frames=frames-?, bytes=bytes-? WHERE series_uid=?",
                         (old[1], old[2], old[0]),
                     )
+                # One statement creates the series or counts the instance into it.
+                c.execute(
+                    "INSERT INTO series(series_uid, study_uid, modality, sop_class_uid, series_number,"
+                    " description, instances, frames, bytes, first_received, last_received)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?) "
+                    "ON CONFLICT(series_uid) DO UPDATE SET last_received=excluded.last_received,"
+                    " instances=instances+1, frames=frames+excluded.frames, bytes=bytes+excluded.bytes",
+                    (h.series_uid, h.study_uid, h.modality, h.sop_class_uid, h.series_number,
+                     h.series_description, h.frames, nbytes, now, now),
+                )
                 c.execute(
                     "INSERT OR REPLACE INTO instances(sop_instance_uid, series_uid, sop_class_uid, instance_number,"
                     " frames, rows, columns, transfer_syntax, path, bytes, received_at, source)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (h.sop_instance_uid, h.series_uid, h.sop_class_uid, h.instance_number, h.frames,
                      h.rows, h.columns, h.transfer_syntax, rel, nbytes, now, source),
-                )
-                c.execute(
-                    "UPDATE series SET instances=instances+1, frames=frames+?, bytes=bytes+? WHERE series_uid=?",
-                    (h.frames, nbytes, h.series_uid),
                 )
                 c.execute("COMMIT")
             except BaseException:

@@ -6,11 +6,16 @@ class a vendor invents. Every instance is durably stored and indexed by
 ``Store.ingest`` before the success status goes back; if that fails the sender gets a
 failure status (0xA700 out of resources, 0xC000 cannot understand), never success.
 
-Threads: pynetdicom runs one thread per association and calls the handlers below on it.
-Handlers only persist, index and publish an event on the ``EventBus``; they never wait on
-the GUI. Each association's DUL thread writes the incoming dataset straight to a spool
-file in the store and, once it is complete, flushes it to disk while the handler starts
-(see ``reactor.SpoolFile``); the handler's ``Store.adopt`` waits for that flush.
+Threads: pynetdicom runs two threads per association (its DUL thread reads the socket,
+the association thread serves requests) and calls the handlers below on them. Handlers
+only persist, index and publish an event on the ``EventBus``; they never wait on the GUI
+or on their own association's traffic. Each association's DUL thread writes the incoming
+dataset straight to a spool file in the store; once it is complete, the DUL thread runs
+``_on_c_store`` itself (``reactor.DIRECT_C_STORE_ATTRIBUTE``: no thread hand-over per
+instance), so ``Store.adopt`` flushes, renames, syncs and indexes in that order before
+the response goes out. Should the association thread be busy with an earlier request,
+the C-STORE is queued for it as pynetdicom does, and the DUL thread flushes the spool
+file while it wakes up (see ``reactor.SpoolFile``); ``Store.adopt`` waits for that flush.
 """
 
 from __future__ import annotations
@@ -143,7 +148,7 @@ class Receiver(ReceiverStatus):
     """Listens for DICOM associations and stores what arrives.
 
     ``start()`` and ``stop()`` are called from the owner's thread (the GUI thread or the
-    ``station serve`` main thread); the handlers run on pynetdicom's association threads.
+    ``station serve`` main thread); the handlers run on pynetdicom's per-association threads.
     """
 
     def __init__(self, store: Store, bus: EventBus, settings: ReceiverSettings) -> None:
@@ -178,6 +183,8 @@ class Receiver(ReceiverStatus):
         _config.STORE_RECV_CHUNKED_DATASET = True
         ae = AE(ae_title=self.settings.aet)
         setattr(ae, reactor.SPOOL_DIR_ATTRIBUTE, self.store.spool_dir())
+        # _on_c_store only persists, indexes and publishes: it may run on the DUL thread.
+        setattr(ae, reactor.DIRECT_C_STORE_ATTRIBUTE, True)
         ae.maximum_pdu_size = self.settings.max_pdu
         setattr(ae, reactor.MAX_PDATA_BYTES_ATTRIBUTE,
                 self.settings.max_pdu or reactor.DEFAULT_MAX_PDATA_BYTES)
@@ -252,7 +259,7 @@ class Receiver(ReceiverStatus):
         LOGGER.info("receiver %s on port %d stopped", self.aet, self._port)
         self.bus.publish(ReceiverState(False, self.aet, self.settings.host, self._port, "stopped"))
 
-    # -- handlers (association threads) ----------------------------------------------------------
+    # -- handlers (per-association threads) -------------------------------------------------------
 
     def _on_conn_open(self, event: evt.Event) -> None:
         with self._lock:
@@ -334,7 +341,8 @@ class Receiver(ReceiverStatus):
                     Path(spooled.name).unlink(missing_ok=True)
                     raise StoreFullError(f"store is full: {spooled.error.strerror}") if spooled.error.errno in (
                         errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else StoreError(f"cannot spool: {spooled.error}")
-                return self.store.adopt(spooled.name, source=source, sync=spooled.sync)
+                return self.store.adopt(spooled.name, source=source, sync=spooled.sync,
+                                        head=spooled.head, size=spooled.size)
             finally:
                 spooled.close()
         path = getattr(request, "_dataset_path", None)

@@ -201,3 +201,74 @@ def test_closed_store_refuses_writes(tmp_path):
 def test_index_uses_wal(store):
     mode = sqlite3.connect(store.index_path).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
+
+
+def _spool(store: Store, name: str, raw: bytes) -> Path:
+    spooled = store.spool_dir() / name
+    spooled.write_bytes(raw)
+    return spooled
+
+
+def test_adopt_reads_the_header_from_the_head_it_is_given(store, tmp_path, monkeypatch):
+    """A receiver that saw the file's first bytes pass hands them over: the same instance
+    is indexed without the file being opened again."""
+    import builtins
+
+    from station.core.store import HEADER_SCAN_BYTES
+
+    a, b = make_ct_files(tmp_path, n=2)
+    by_path = store.adopt(_spool(store, "a.part", a.read_bytes()))
+    raw = b.read_bytes()
+    spooled = _spool(store, "b.part", raw)
+    opened: list[str] = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: (opened.append(str(f)), real_open(f, *a, **k))[1])
+    synced: list[bool] = []
+    by_head = store.adopt(spooled, sync=lambda: synced.append(True), head=raw[:HEADER_SCAN_BYTES], size=len(raw))
+    assert str(spooled) not in opened and synced == [True]
+    assert by_head.nbytes == len(raw) and Path(by_head.path).read_bytes() == raw
+    assert (by_head.series_uid, by_head.modality, by_head.number_of_frames) == (
+        by_path.series_uid, by_path.modality, by_path.number_of_frames)
+    (row,) = store.series_list()
+    assert row.instances == 2 and row.bytes == a.stat().st_size + len(raw)
+
+
+def test_adopt_with_a_head_the_scan_cannot_read_reads_the_file(store, tmp_path):
+    raw = make_ct_files(tmp_path, n=1)[0].read_bytes()
+    spooled = _spool(store, "c.part", raw)
+    event = store.adopt(spooled, sync=lambda: None, head=b"\x00" * 16, size=len(raw))
+    assert event.nbytes == len(raw) and store.count_instances() == 1
+
+
+def test_adopt_refuses_a_head_without_uids_and_keeps_nothing(store, tmp_path):
+    from station.core.store import HEADER_SCAN_BYTES
+
+    ds = pydicom.dcmread(make_ct_files(tmp_path, n=1)[0])
+    del ds.SeriesInstanceUID
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    raw = buf.getvalue()
+    spooled = _spool(store, "d.part", raw)
+    with pytest.raises(InvalidInstanceError, match="SeriesInstanceUID"):
+        store.adopt(spooled, sync=lambda: None, head=raw[:HEADER_SCAN_BYTES], size=len(raw))
+    assert not spooled.exists() and store.count_instances() == 0
+
+
+def test_a_failing_directory_fsync_takes_the_renamed_file_back(store, tmp_path, monkeypatch):
+    """Its name is not durable, so it was not stored: no file may stay to be indexed by a
+    later reconcile. A file that replaced an indexed copy of the same instance stays."""
+    import errno
+
+    from station.core import store as store_module
+
+    def failing(directory):
+        raise OSError(errno.EIO, "Input/output error")
+
+    kept, new = make_ct_files(tmp_path, n=2)
+    first = store.ingest([kept.read_bytes()])
+    monkeypatch.setattr(store_module, "_fsync_dir", failing)
+    for f in (new, kept):
+        with pytest.raises(StoreError, match="Input/output error"):
+            store.ingest([f.read_bytes()])
+    assert [p.name for p in store.objects_dir.rglob("*.dcm")] == [Path(first.path).name]
+    assert store.count_instances() == 1 and list(store.tmp_dir.iterdir()) == []

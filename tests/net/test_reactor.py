@@ -21,20 +21,22 @@ def installed():
     reactor.install()
 
 
-def _start_scp() -> tuple[object, list[str]]:
+def _start_scp(on_store=None, direct: bool = False) -> tuple[object, list[str]]:
     stored: list[str] = []
 
-    def on_store(event):
+    def record(event):
         stored.append(event.request.AffectedSOPInstanceUID)
         return 0x0000
 
     ae = AE(ae_title="SCP")
+    if direct:
+        setattr(ae, reactor.DIRECT_C_STORE_ATTRIBUTE, True)
     ae.add_supported_context(Verification)
     ae.add_supported_context(CTImageStorage)
     ae.network_timeout = 1.0
     ae.acse_timeout = 2.0
     server = ae.start_server(("127.0.0.1", 0), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+                             evt_handlers=[(evt.EVT_C_STORE, on_store or record)])
     return server, stored
 
 
@@ -320,3 +322,178 @@ def test_unusual_c_store_commands_are_left_to_pynetdicom():
     assert reactor._plain_c_store_rq(encoded.replace(b"1.2.3.4", b"1.2.x.4")) is None  # not a UID
     extra = b"\x00\x00\x00\x09\x02\x00\x00\x00\x00\x00"  # (0000,0900) Status: not in a request
     assert reactor._plain_c_store_rq(encoded + extra) is None
+
+
+@pytest.mark.parametrize(("sop_uid", "priority", "move_originator"), [
+    ("1.2.3.4", 0, ""), ("1.2.826.0.1.3680043.8.498." + "9" * 36, 2, ""), ("1.2.3.4", 0, "MOVER"),
+])
+def test_command_set_decoding_answers_as_pydicom_does(sop_uid, priority, move_originator):
+    """decode_msg's command set: what it reads comes straight from the encoding for a plain
+    C-STORE-RQ, anything else from pydicom's Dataset; the values are the same either way."""
+    from io import BytesIO
+
+    from pynetdicom.dsutils import decode
+
+    _, encoded = _c_store_rq_message(sop_uid, priority, move_originator)
+    ours, theirs = reactor._decode(BytesIO(encoded), True, True), decode(BytesIO(encoded), True, True)
+    assert isinstance(ours, reactor._PlainCStoreCommand) != bool(move_originator)
+    for keyword in ("CommandField", "CommandDataSetType", "AffectedSOPClassUID", "AffectedSOPInstanceUID",
+                    "MessageID", "Priority", "CommandGroupLength"):
+        assert getattr(ours, keyword) == getattr(theirs, keyword), keyword
+    assert [e.tag for e in ours] == [e.tag for e in theirs]
+    assert ours[0x00000110].value == 4242 and 0x00001000 in ours and len(ours) == len(theirs)
+    message, _ = _c_store_rq_message(sop_uid, priority, move_originator)
+    message.command_set = ours
+    assert vars(reactor._message_to_primitive(message)) == vars(reactor._original_message_to_primitive(message))
+
+
+def _store_over_one_association(port: int, files, **kwargs) -> list[int]:
+    ae = AE()
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="SCP", **kwargs)
+    assert assoc.is_established
+    statuses = [assoc.send_c_store(f).Status for f in files]
+    if assoc.is_established:
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+    assoc.join(5)
+    return statuses
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_c_store_handler_runs_on_the_dul_thread_only_where_the_ae_allows_it(monkeypatch, tmp_path, direct):
+    from pynetdicom import _config
+
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")
+    threads: list[str] = []
+
+    def on_store(event):
+        threads.append(threading.current_thread().name)
+        return 0x0000
+
+    server, _ = _start_scp(on_store, direct=direct)
+    try:
+        files = make_ct_files(tmp_path, n=3, size=64)
+        assert _store_over_one_association(server.server_address[1], files) == [0, 0, 0]
+    finally:
+        server.shutdown()
+    assert len(threads) == 3
+    assert all(("_dul_run_reactor" in name) == direct for name in threads), threads
+
+
+def test_failing_handler_on_the_dul_thread_answers_a_failure_status(monkeypatch, tmp_path):
+    from pynetdicom import _config
+
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")
+
+    def on_store(event):
+        raise RuntimeError("handler bug")
+
+    server, _ = _start_scp(on_store, direct=True)
+    try:
+        files = make_ct_files(tmp_path, n=2, size=64)
+        assert _store_over_one_association(server.server_address[1], files) == [0xC211, 0xC211]
+    finally:
+        server.shutdown()
+
+
+def test_handler_aborting_on_the_dul_thread_does_not_wait_for_itself(monkeypatch, tmp_path):
+    """An abort from a handler on the DUL thread must not wait for that thread to stop."""
+    from pynetdicom import _config
+
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")
+
+    def on_store(event):
+        event.assoc.abort()
+        return 0x0000
+
+    server, _ = _start_scp(on_store, direct=True)
+    try:
+        files = make_ct_files(tmp_path, n=1, size=64)
+        aborted = threading.Event()
+        ae = AE()
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title="SCP",
+                             evt_handlers=[(evt.EVT_ABORTED, lambda e: aborted.set())])
+        assert assoc.is_established
+        assoc.send_c_store(files[0])
+        assert aborted.wait(5)
+        assoc.join(5)
+        assert not assoc.is_alive()
+    finally:
+        server.shutdown()
+
+
+def _fake_acceptor():
+    import queue
+    from types import SimpleNamespace
+
+    checkpoint = threading.Event()
+    checkpoint.set()
+    return SimpleNamespace(
+        is_acceptor=True, is_established=True, _sent_release=False, _reactor_checkpoint=checkpoint,
+        _accepted_cx={1: object()}, acceptor=SimpleNamespace(accepted_common_extended={}),
+        _station_serve_lock=threading.Lock(), dimse=SimpleNamespace(msg_queue=queue.Queue()),
+    )
+
+
+def _c_store_request():
+    from pynetdicom.dimse_primitives import C_STORE
+
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = CTImageStorage
+    request.AffectedSOPInstanceUID = "1.2.3.4"
+    return request
+
+
+@pytest.mark.parametrize("why_not", ["paused", "serving", "queued", "response", "echo", "requestor",
+                                     "unknown context", "releasing"])
+def test_the_dul_thread_serves_only_a_plain_c_store_when_nothing_else_is_going_on(why_not):
+    """Requests keep their order (nothing queued or being served before), a paused reactor
+    belongs to whoever paused it, and only C-STORE requests on an acceptor qualify."""
+    from pynetdicom.dimse_primitives import C_ECHO
+
+    assoc, request, context_id = _fake_acceptor(), _c_store_request(), 1
+    assert reactor._may_serve_directly(assoc, (context_id, request))
+    assoc._station_serve_lock.release()
+    if why_not == "paused":
+        assoc._reactor_checkpoint.clear()
+    elif why_not == "serving":
+        assoc._station_serve_lock.acquire()
+    elif why_not == "queued":
+        assoc.dimse.msg_queue.put((1, _c_store_request()))
+    elif why_not == "response":
+        request.MessageIDBeingRespondedTo = 1
+        request.Status = 0
+    elif why_not == "echo":
+        request = C_ECHO()
+        request.MessageID = 1
+    elif why_not == "requestor":
+        assoc.is_acceptor = False
+    elif why_not == "unknown context":
+        context_id = 3
+    elif why_not == "releasing":
+        assoc._sent_release = True
+    assert not reactor._may_serve_directly(assoc, (context_id, request))
+    # Refusing leaves the lock as it was.
+    assert assoc._station_serve_lock.locked() == (why_not == "serving")
+
+
+def test_stall_timeout_on_a_plain_socket_is_the_kernels_and_still_ends_a_stalled_read():
+    """Without Python's socket timeout (a poll before every read), a read that waits longer
+    than the stall timeout still fails, as an OSError the DUL turns into a closed connection."""
+    a, b = socket.socketpair()
+    try:
+        assert reactor._set_stall_timeout(a, 0.2) is True
+        assert a.gettimeout() is None
+        b.sendall(b"\x04\x00")  # two bytes of a six-byte PDU header, then silence
+        assert a.recv(2) == b"\x04\x00"
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            a.recv(4)
+        assert time.monotonic() - started < 5
+    finally:
+        a.close()
+        b.close()

@@ -168,9 +168,66 @@ def test_concurrent_scanners(running, store, tmp_path, dcmtk_env):
     assert len(recorder.of(InstanceStored)) == 60
 
 
-def test_spooled_instances_are_flushed_on_the_dul_thread_before_the_rename(running, store, tmp_path, monkeypatch):
-    """The DUL thread flushes a complete spool file while the association thread reads its
-    header; the store's adopt (which renames it into place) ends only after that flush."""
+def _send_three_and_check(running, store, tmp_path) -> None:
+    receiver, _ = running
+    files = make_ct_files(tmp_path / "scan", n=3, size=64)
+    result = send_files("127.0.0.1", receiver.port, files, called_aet="STATION")
+    assert result.ok
+    assert store.count_instances() == 3
+
+
+def test_each_instance_is_durable_renamed_synced_and_indexed_before_its_answer(running, store, tmp_path,
+                                                                             monkeypatch):
+    """The durability order, per instance: the spool file's data on disk, then the rename,
+    then the directory fsync, then the index commit, then the success response. A plain
+    C-STORE is served on the association's DUL thread (no hand-over), so all of it is there."""
+    from station.core import store as store_module
+    from station.core.store import Store
+    from station.net import reactor
+
+    steps: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def step(name: str) -> None:
+        with lock:
+            steps.append((name, threading.current_thread().name))
+
+    fdatasync, replace, fsync_dir = reactor._fdatasync, store_module.os.replace, store_module._fsync_dir
+    index, send = Store._index, reactor._send_pdata_directly
+    monkeypatch.setattr(reactor, "_fdatasync", lambda fd: (fdatasync(fd), step("data flushed")))
+    monkeypatch.setattr(store_module.os, "replace", lambda a, b: (replace(a, b), step("renamed")))
+    monkeypatch.setattr(store_module, "_fsync_dir", lambda d: (fsync_dir(d), step("directory synced")))
+
+    def recording_index(self, *args, **kwargs):
+        replaced = index(self, *args, **kwargs)
+        step("indexed")
+        return replaced
+
+    def recording_send(dul, context_id, value):
+        step("answered")
+        return send(dul, context_id, value)
+
+    monkeypatch.setattr(Store, "_index", recording_index)
+    monkeypatch.setattr(reactor, "_send_pdata_directly", recording_send)
+    _send_three_and_check(running, store, tmp_path)
+    per_instance: list[list[str]] = [[]]
+    for name, thread in steps:
+        assert "_dul_run_reactor" in thread, (name, thread)
+        per_instance[-1].append(name)
+        if name == "answered":
+            per_instance.append([])
+    assert per_instance[-1] == [] and len(per_instance) == 4
+    for names in per_instance[:-1]:
+        # The first instance also syncs the directories it creates, before its rename.
+        assert names[0] == "data flushed" and names[-2:] == ["indexed", "answered"], names
+        assert names[names.index("renamed") + 1] == "directory synced", names
+        assert names.count("renamed") == 1 and names.count("data flushed") == 1, names
+
+
+def test_a_queued_instance_is_flushed_on_the_dul_thread_before_the_rename(running, store, tmp_path, monkeypatch):
+    """When the association thread serves a C-STORE (the DUL thread may not: it is busy or
+    paused), the DUL thread flushes the complete spool file while the association thread
+    wakes up and reads its header; the store's adopt (the rename) ends only after that."""
     from station.core.store import Store
     from station.net import reactor
 
@@ -186,16 +243,51 @@ def test_spooled_instances_are_flushed_on_the_dul_thread_before_the_rename(runni
         order.append(("adopted", Path(spooled).name, threading.current_thread().name))
         return event
 
+    monkeypatch.setattr(reactor, "_may_serve_directly", lambda assoc, item: False)
     monkeypatch.setattr(reactor.SpoolFile, "finish", recording_finish)
     monkeypatch.setattr(Store, "adopt", recording_adopt)
-    receiver, _ = running
-    files = make_ct_files(tmp_path / "scan", n=3, size=64)
-    result = send_files("127.0.0.1", receiver.port, files, called_aet="STATION")
-    assert result.ok
-    assert store.count_instances() == 3
+    _send_three_and_check(running, store, tmp_path)
     flushed = {name: (k, thread) for k, (what, name, thread) in enumerate(order) if what == "flushed"}
     adopted = {name: (k, thread) for k, (what, name, thread) in enumerate(order) if what == "adopted"}
     assert len(adopted) == 3 and set(adopted) <= set(flushed)
     for name, (k, thread) in adopted.items():
         assert flushed[name][0] < k
         assert flushed[name][1] != thread
+
+
+@pytest.mark.parametrize("failing", ["data flush", "rename", "directory fsync"])
+def test_a_failing_durable_step_answers_out_of_resources_and_keeps_nothing(running, store, tmp_path, monkeypatch,
+                                                                          failing):
+    """On the DUL thread's direct path as everywhere: a step of the durable write that
+    fails (here a full disk) gets 0xA700, never success, and leaves no file, row or spool."""
+    import errno
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    from station.core import store as store_module
+    from station.net import reactor
+
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = {"data flush": (reactor, "_fdatasync"), "rename": (store_module.os, "replace"),
+              "directory fsync": (store_module, "_fsync_dir")}[failing]
+    receiver, recorder = running
+    files = make_ct_files(tmp_path / "scan", n=2, size=64)
+    ae = AE(ae_title="SCANNER1")
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="STATION")
+    assert assoc.is_established
+    with monkeypatch.context() as patch:
+        patch.setattr(*target, disk_full)
+        statuses = [assoc.send_c_store(f).Status for f in files]
+    assoc.release()
+    assert statuses == [0xA700, 0xA700]
+    assert store.count_instances() == 0 and store.series_list() == []
+    assert list(store.objects_dir.rglob("*.dcm")) == []
+    deadline = time.monotonic() + 5
+    while list(store.tmp_dir.iterdir()) and time.monotonic() < deadline:  # the unused next spool file
+        time.sleep(0.02)
+    assert list(store.tmp_dir.iterdir()) == []
+    assert [e.status for e in recorder.of(ReceiverError)] == [0xA700, 0xA700]
