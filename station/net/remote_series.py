@@ -95,6 +95,16 @@ BULK_MAX_BYTES: int = 512 * 1024 * 1024
 """Largest series (estimated pixel bytes) pulled by one series-level retrieve: the answer
 is held in memory while it is parsed. Larger classic series go frame by frame."""
 
+LAYOUT_KEYWORDS: frozenset[str] = frozenset({
+    "SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "InstanceNumber",
+    "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation",
+    "PhotometricInterpretation", "PlanarConfiguration", "ImageOrientationPatient", "ImagePositionPatient",
+    "PixelSpacing", "ImagerPixelSpacing", "SliceThickness", "WindowCenter", "WindowWidth", "RescaleSlope",
+    "RescaleIntercept", "RescaleType", "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
+})
+"""What ``SeriesLayout.from_metadata`` and frame decoding read of the series metadata
+(``DicomWebClient.series_metadata(..., keywords=LAYOUT_KEYWORDS)`` converts only these)."""
+
 _DICOS_STORAGE_ROOT = "1.2.840.10008.5.1.4.1.1.501."
 _UID_RE = re.compile(r"^[0-9.]{1,64}$")
 
@@ -733,7 +743,7 @@ def fetch_series(
     in the summary (``complete`` false). Caller's thread (blocks)."""
     started = time.perf_counter()
     before = client.stats
-    metadata = client.series_metadata(study, series)
+    metadata = client.series_metadata(study, series, keywords=LAYOUT_KEYWORDS)
     layout = SeriesLayout.from_metadata(metadata, study_uid=study, series_uid=series)
     volume = np.zeros(layout.shape, dtype=np.float32)
     first_frame: list[float] = []
@@ -846,6 +856,7 @@ __all__ = [
     "BACKGROUND_BATCH",
     "DEFAULT_WORKERS",
     "FrameArrived",
+    "LAYOUT_KEYWORDS",
     "PullProgress",
     "RemoteSeries",
     "RemoteSlice",

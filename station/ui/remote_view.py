@@ -52,7 +52,7 @@ from station.core.store import Store, StoreError
 from station.net.dicomweb import DicomWebClient, DicomWebError
 from station.net.dimse_remote import DimseError, DimseRemote
 from station.net.remote_search import RemoteHit, RemoteSearch, SearchTerms
-from station.net.remote_series import FrameArrived, PullProgress, RemoteSeries, SeriesLayout
+from station.net.remote_series import LAYOUT_KEYWORDS, FrameArrived, PullProgress, RemoteSeries, SeriesLayout
 
 LOGGER = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class RemoteStores(QObject):
     def _open_job(self, ticket: int, client: DicomWebClient, study: str, series: str, label: str,
                   current: int | None) -> None:
         try:
-            metadata = client.series_metadata(study, series)
+            metadata = client.series_metadata(study, series, keywords=LAYOUT_KEYWORDS)
             layout = SeriesLayout.from_metadata(metadata, study_uid=study, series_uid=series)
         except (DicomWebError, VolumeError) as exc:
             LOGGER.warning("cannot open remote series %s: %s", series, exc)

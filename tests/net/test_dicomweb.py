@@ -90,6 +90,13 @@ def test_series_metadata_is_datasets_without_bulk_data(client, scans):
     assert ds.get("PixelData") is None  # a BulkDataURI: not fetched with the metadata
     (multi,) = client.series_metadata(scans["dicos"].study_uid, scans["dicos"].series_uid)
     assert int(multi.NumberOfFrames) == SLICES and len(multi.PerFrameFunctionalGroupsSequence) == SLICES
+    # Only what a viewer needs, when asked: the rest is never converted.
+    (few,) = client.series_metadata(scans["dicos"].study_uid, scans["dicos"].series_uid,
+                                    keywords=("Rows", "PerFrameFunctionalGroupsSequence"))
+    assert set(few.dir()) == {"Rows", "PerFrameFunctionalGroupsSequence"} and few.Rows == SIZE
+    assert few.PerFrameFunctionalGroupsSequence == multi.PerFrameFunctionalGroupsSequence
+    with pytest.raises(ValueError, match="NoSuchKeyword"):
+        client.series_metadata(scan.study_uid, scan.series_uid, keywords=("NoSuchKeyword",))
 
 
 def test_unknown_series_is_not_found(client, scans):
