@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pynetdicom
 import pytest
@@ -273,6 +274,60 @@ def test_spool_file_not_flushed_elsewhere_is_flushed_by_sync(tmp_path, monkeypat
     spooled.sync()
     assert flushed == [spooled.fileno()]
     spooled.close()
+
+
+@pytest.mark.skipif(reactor._aio is None, reason="no POSIX AIO (glibc, 64-bit Linux) here")
+def test_spool_file_flush_started_in_the_background_is_waited_for_by_sync(tmp_path, monkeypatch):
+    monkeypatch.setattr(reactor, "_fdatasync", lambda fd: pytest.fail("flushed again in the foreground"))
+    spooled = reactor.SpoolFile(tmp_path)
+    spooled.write(b"x" * 300_000)
+    spooled.start_flush()
+    assert spooled._aio_cb is not None
+    spooled.sync()
+    spooled.close()
+    assert Path(spooled.name).read_bytes() == b"x" * 300_000
+
+
+class _FakeAio:
+    def __init__(self, result):
+        self.result, self.waited = result, 0
+
+    def start(self, fd):
+        return object()
+
+    def wait(self, cb, timeout):
+        self.waited += 1
+        return self.result
+
+
+def test_background_flush_failure_is_raised_by_sync_and_the_file_still_closes(tmp_path, monkeypatch):
+    import errno
+
+    monkeypatch.setattr(reactor, "_aio", _FakeAio(errno.ENOSPC))
+    spooled = reactor.SpoolFile(tmp_path)
+    spooled.write(b"x" * 1000)
+    spooled.start_flush()
+    with pytest.raises(OSError) as failed:
+        spooled.sync()
+    assert failed.value.errno == errno.ENOSPC
+    spooled.close()
+    assert spooled.fileno() == -1
+
+
+def test_background_flush_that_never_ends_keeps_the_descriptor_open(tmp_path, monkeypatch):
+    """A descriptor closed (and reused) under a running flush would flush another file."""
+    import os
+
+    aio = _FakeAio(None)  # still running at every look
+    monkeypatch.setattr(reactor, "_aio", aio)
+    spooled = reactor.SpoolFile(tmp_path)
+    spooled.start_flush()
+    with pytest.raises(OSError):
+        spooled.sync()
+    fd = spooled.fileno()
+    spooled.close()
+    assert spooled.fileno() == fd and aio.waited == 2
+    os.close(fd)
 
 
 def _c_store_rq_message(sop_uid: str, priority: int = 0, move_originator: str = ""):
