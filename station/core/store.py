@@ -456,6 +456,24 @@ def _read_file_header(f: BinaryIO, origin: str) -> tuple[_Header, int]:
     return _read_header(f, origin, head, complete=len(head) == size), size
 
 
+def _stored_event(header: _Header, final: Path, nbytes: int, source: str, received_at: float) -> InstanceStored:
+    """What the receiver publishes once an instance is stored."""
+    return InstanceStored(
+        patient_id=header.patient_id,
+        study_uid=header.study_uid,
+        series_uid=header.series_uid,
+        sop_instance_uid=header.sop_instance_uid,
+        sop_class_uid=header.sop_class_uid,
+        modality=header.modality,
+        path=str(final),
+        number_of_frames=header.frames,
+        instance_number=header.instance_number,
+        nbytes=nbytes,
+        source=source,
+        received_at=received_at,
+    )
+
+
 class Store:
     """Files plus index. Open with ``Store(root)``; close with ``close()``."""
 
@@ -701,20 +719,7 @@ class Store:
             raise StoreError(f"cannot index instance: {exc}") from exc
         if replaced_path is not None and replaced_path != final:
             replaced_path.unlink(missing_ok=True)
-        return InstanceStored(
-            patient_id=header.patient_id,
-            study_uid=header.study_uid,
-            series_uid=header.series_uid,
-            sop_instance_uid=header.sop_instance_uid,
-            sop_class_uid=header.sop_class_uid,
-            modality=header.modality,
-            path=str(final),
-            number_of_frames=header.frames,
-            instance_number=header.instance_number,
-            nbytes=nbytes,
-            source=source,
-            received_at=received_at,
-        )
+        return _stored_event(header, final, nbytes, source, received_at)
 
     def _commit_overlapped(self, tmp: Path, header: _Header, nbytes: int, source: str,
                            sync: Callable[[], None]) -> InstanceStored:
@@ -778,20 +783,7 @@ class Store:
         replaced_path = (self.root / old[3]) if old is not None else None
         if replaced_path is not None and replaced_path != final:
             replaced_path.unlink(missing_ok=True)
-        return InstanceStored(
-            patient_id=header.patient_id,
-            study_uid=header.study_uid,
-            series_uid=header.series_uid,
-            sop_instance_uid=header.sop_instance_uid,
-            sop_class_uid=header.sop_class_uid,
-            modality=header.modality,
-            path=str(final),
-            number_of_frames=header.frames,
-            instance_number=header.instance_number,
-            nbytes=nbytes,
-            source=source,
-            received_at=received_at,
-        )
+        return _stored_event(header, final, nbytes, source, received_at)
 
     def _index_error(self, header: _Header, exc: sqlite3.Error) -> StoreError:
         LOGGER.error("index write failed for %s: %s", header.sop_instance_uid, exc)
