@@ -456,6 +456,24 @@ def _read_file_header(f: BinaryIO, origin: str) -> tuple[_Header, int]:
     return _read_header(f, origin, head, complete=len(head) == size), size
 
 
+def _stored_event(header: _Header, final: Path, nbytes: int, source: str, received_at: float) -> InstanceStored:
+    """What the receiver publishes once an instance is stored."""
+    return InstanceStored(
+        patient_id=header.patient_id,
+        study_uid=header.study_uid,
+        series_uid=header.series_uid,
+        sop_instance_uid=header.sop_instance_uid,
+        sop_class_uid=header.sop_class_uid,
+        modality=header.modality,
+        path=str(final),
+        number_of_frames=header.frames,
+        instance_number=header.instance_number,
+        nbytes=nbytes,
+        source=source,
+        received_at=received_at,
+    )
+
+
 class Store:
     """Files plus index. Open with ``Store(root)``; close with ``close()``."""
 
@@ -646,7 +664,8 @@ class Store:
                 if header is not None:
                     header, nbytes = _checked_header(header, source or str(spooled)), size
                     if self._durable:
-                        sync()  # type: ignore[misc]  # not None: checked above
+                        # The flush may still be running (see _commit_overlapped).
+                        return self._commit_overlapped(spooled, header, nbytes, source, sync)  # type: ignore[arg-type]
                 else:
                     with open(spooled, "rb") as f:
                         header, nbytes = _read_file_header(f, source or str(spooled))
@@ -700,20 +719,81 @@ class Store:
             raise StoreError(f"cannot index instance: {exc}") from exc
         if replaced_path is not None and replaced_path != final:
             replaced_path.unlink(missing_ok=True)
-        return InstanceStored(
-            patient_id=header.patient_id,
-            study_uid=header.study_uid,
-            series_uid=header.series_uid,
-            sop_instance_uid=header.sop_instance_uid,
-            sop_class_uid=header.sop_class_uid,
-            modality=header.modality,
-            path=str(final),
-            number_of_frames=header.frames,
-            instance_number=header.instance_number,
-            nbytes=nbytes,
-            source=source,
-            received_at=received_at,
-        )
+        return _stored_event(header, final, nbytes, source, received_at)
+
+    def _commit_overlapped(self, tmp: Path, header: _Header, nbytes: int, source: str,
+                           sync: Callable[[], None]) -> InstanceStored:
+        """``_commit`` for a file whose flush ``sync`` waits for (it may be running now on
+        another thread): the index rows are written, uncommitted, while it runs.
+
+        Order: rows written in an open transaction -> data on disk (``sync``) -> rename ->
+        directory fsync -> commit. Nothing is visible to readers before the commit, and
+        the commit comes last as in ``_commit``, so a crash leaves at most a complete,
+        durable file without a row (indexed again by the next ``reconcile``), never a row
+        without its file. While another thread holds the index, the flush is waited for
+        first and ``_commit`` runs, so that several associations' fsyncs still overlap
+        rather than queue behind one transaction.
+        """
+        final = self.final_path(header.study_uid, header.series_uid, header.sop_instance_uid)
+        rel = str(final.relative_to(self.root))
+        if not self._write_lock.acquire(blocking=False):
+            try:
+                sync()
+            except OSError as exc:
+                self._discard(tmp)
+                raise self._write_error(exc, tmp) from exc
+            return self._commit(tmp, header, nbytes, source)
+        c = self._writer
+        renamed = False
+        old: Any = None
+        try:
+            try:
+                self._ensure_dir(final.parent)
+                received_at = time.time()
+                c.execute("BEGIN IMMEDIATE")
+                try:
+                    old = self._index_rows(c, header, rel, nbytes, received_at, source)
+                except sqlite3.Error as exc:
+                    raise self._index_error(header, exc) from exc
+                sync()
+                os.replace(tmp, final)
+                renamed = True
+                _fsync_dir(final.parent)
+                try:
+                    self._commit_index(c)
+                except sqlite3.Error as exc:
+                    raise self._index_error(header, exc) from exc
+            except OSError as exc:
+                raise self._write_error(exc, final if renamed else tmp) from exc
+        except BaseException:
+            if c.in_transaction:
+                try:
+                    c.execute("ROLLBACK")
+                except sqlite3.Error:
+                    LOGGER.exception("rolling back the index of %s", header.sop_instance_uid)
+            if not renamed:
+                self._discard(tmp)
+            elif old is None or old[3] != rel:
+                # Never acknowledged: it must not turn up at the next reconcile. A file that
+                # replaced an indexed copy of the same instance stays (that row is valid).
+                self._discard(final)
+            raise
+        finally:
+            self._write_lock.release()
+        replaced_path = (self.root / old[3]) if old is not None else None
+        if replaced_path is not None and replaced_path != final:
+            replaced_path.unlink(missing_ok=True)
+        return _stored_event(header, final, nbytes, source, received_at)
+
+    def _index_error(self, header: _Header, exc: sqlite3.Error) -> StoreError:
+        LOGGER.error("index write failed for %s: %s", header.sop_instance_uid, exc)
+        if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
+            return StoreFullError(f"index {self.index_path} is full: {exc}")
+        return StoreError(f"cannot index instance: {exc}")
+
+    def _commit_index(self, c: sqlite3.Connection) -> None:
+        """Commit the open index transaction: the instance is stored from here on."""
+        c.execute("COMMIT")
 
     def _unstore(self, final: Path) -> None:
         """Take back a file renamed into place whose name could not be made durable.
@@ -753,50 +833,56 @@ class Store:
             c = self._writer
             c.execute("BEGIN IMMEDIATE")
             try:
-                old = c.execute(
-                    "SELECT series_uid, frames, bytes, path FROM instances WHERE sop_instance_uid=?",
-                    (h.sop_instance_uid,),
-                ).fetchone()
-                c.execute(
-                    "INSERT INTO patients(patient_id, patient_name) VALUES (?, ?) "
-                    "ON CONFLICT(patient_id) DO UPDATE SET patient_name="
-                    "CASE WHEN excluded.patient_name != '' THEN excluded.patient_name ELSE patient_name END",
-                    (h.patient_id, h.patient_name),
-                )
-                c.execute(
-                    "INSERT INTO studies(study_uid, patient_id, study_date, study_time, accession, description,"
-                    " first_received, last_received) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT(study_uid) DO UPDATE SET last_received=excluded.last_received",
-                    (h.study_uid, h.patient_id, h.study_date, h.study_time, h.accession,
-                     h.study_description, now, now),
-                )
-                if old is not None:
-                    c.execute(
-                        "UPDATE series SET instances=instances-1, frames=frames-?, bytes=bytes-? WHERE series_uid=?",
-                        (old[1], old[2], old[0]),
-                    )
-                # One statement creates the series or counts the instance into it.
-                c.execute(
-                    "INSERT INTO series(series_uid, study_uid, modality, sop_class_uid, series_number,"
-                    " description, instances, frames, bytes, first_received, last_received)"
-                    " VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?) "
-                    "ON CONFLICT(series_uid) DO UPDATE SET last_received=excluded.last_received,"
-                    " instances=instances+1, frames=frames+excluded.frames, bytes=bytes+excluded.bytes",
-                    (h.series_uid, h.study_uid, h.modality, h.sop_class_uid, h.series_number,
-                     h.series_description, h.frames, nbytes, now, now),
-                )
-                c.execute(
-                    "INSERT OR REPLACE INTO instances(sop_instance_uid, series_uid, sop_class_uid, instance_number,"
-                    " frames, rows, columns, transfer_syntax, path, bytes, received_at, source)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (h.sop_instance_uid, h.series_uid, h.sop_class_uid, h.instance_number, h.frames,
-                     h.rows, h.columns, h.transfer_syntax, rel, nbytes, now, source),
-                )
-                c.execute("COMMIT")
+                old = self._index_rows(c, h, rel, nbytes, now, source)
+                self._commit_index(c)
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
         return (self.root / old[3]) if old is not None else None
+
+    @staticmethod
+    def _index_rows(c: sqlite3.Connection, h: _Header, rel: str, nbytes: int, now: float, source: str) -> Any:
+        """Write an instance's rows in the open transaction; the row it replaced, if any."""
+        old = c.execute(
+            "SELECT series_uid, frames, bytes, path FROM instances WHERE sop_instance_uid=?",
+            (h.sop_instance_uid,),
+        ).fetchone()
+        c.execute(
+            "INSERT INTO patients(patient_id, patient_name) VALUES (?, ?) "
+            "ON CONFLICT(patient_id) DO UPDATE SET patient_name="
+            "CASE WHEN excluded.patient_name != '' THEN excluded.patient_name ELSE patient_name END",
+            (h.patient_id, h.patient_name),
+        )
+        c.execute(
+            "INSERT INTO studies(study_uid, patient_id, study_date, study_time, accession, description,"
+            " first_received, last_received) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(study_uid) DO UPDATE SET last_received=excluded.last_received",
+            (h.study_uid, h.patient_id, h.study_date, h.study_time, h.accession,
+             h.study_description, now, now),
+        )
+        if old is not None:
+            c.execute(
+                "UPDATE series SET instances=instances-1, frames=frames-?, bytes=bytes-? WHERE series_uid=?",
+                (old[1], old[2], old[0]),
+            )
+        # One statement creates the series or counts the instance into it.
+        c.execute(
+            "INSERT INTO series(series_uid, study_uid, modality, sop_class_uid, series_number,"
+            " description, instances, frames, bytes, first_received, last_received)"
+            " VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?) "
+            "ON CONFLICT(series_uid) DO UPDATE SET last_received=excluded.last_received,"
+            " instances=instances+1, frames=frames+excluded.frames, bytes=bytes+excluded.bytes",
+            (h.series_uid, h.study_uid, h.modality, h.sop_class_uid, h.series_number,
+             h.series_description, h.frames, nbytes, now, now),
+        )
+        c.execute(
+            "INSERT OR REPLACE INTO instances(sop_instance_uid, series_uid, sop_class_uid, instance_number,"
+            " frames, rows, columns, transfer_syntax, path, bytes, received_at, source)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (h.sop_instance_uid, h.series_uid, h.sop_class_uid, h.instance_number, h.frames,
+             h.rows, h.columns, h.transfer_syntax, rel, nbytes, now, source),
+        )
+        return old
 
     # -- importing and rebuilding -----------------------------------------------------------
 

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pydicom
@@ -14,7 +15,7 @@ import pytest
 from pydicom.config import disable_value_validation
 from pydicom.data import get_testdata_file
 
-from station.core.store import InvalidInstanceError, Store, StoreError, uid_token
+from station.core.store import InvalidInstanceError, Store, StoreError, StoreFullError, uid_token
 from tests.dicom_factory import make_ct_files
 
 
@@ -272,3 +273,86 @@ def test_a_failing_directory_fsync_takes_the_renamed_file_back(store, tmp_path, 
             store.ingest([f.read_bytes()])
     assert [p.name for p in store.objects_dir.rglob("*.dcm")] == [Path(first.path).name]
     assert store.count_instances() == 1 and list(store.tmp_dir.iterdir()) == []
+
+
+def _adopt_with_head(store: Store, spooled: Path, raw: bytes, sync=lambda: None):
+    from station.core.store import HEADER_SCAN_BYTES
+
+    return store.adopt(spooled, sync=sync, head=raw[:HEADER_SCAN_BYTES], size=len(raw))
+
+
+def test_adopt_writes_the_rows_while_the_flush_runs_and_commits_them_last(store, tmp_path, monkeypatch):
+    """With a flush to wait for, the rows are written first but stay invisible (another
+    connection sees nothing) until the data is on disk, renamed and its directory synced."""
+    from station.core import store as store_module
+
+    (f,) = make_ct_files(tmp_path, n=1)
+    raw = f.read_bytes()
+    steps: list[str] = []
+    fsync_dir = store_module._fsync_dir
+    other = sqlite3.connect(store.index_path)
+
+    def visible() -> int:
+        return other.execute("SELECT count(*) FROM instances").fetchone()[0]
+
+    def sync():
+        steps.append(f"flushed, rows written {store._writer.in_transaction}, visible {visible()}")
+
+    monkeypatch.setattr(store_module, "_fsync_dir", lambda d: (fsync_dir(d), steps.append(f"dir synced {visible()}")))
+    stored = _adopt_with_head(store, _spool(store, "a.part", raw), raw, sync)
+    other.close()
+    assert steps[-2:] == ["flushed, rows written True, visible 0", "dir synced 0"]
+    assert store.count_instances() == 1 and Path(stored.path).read_bytes() == raw
+
+
+@pytest.mark.parametrize("failing", ["rows", "flush", "rename", "directory fsync", "commit"])
+def test_every_failure_of_an_overlapped_adopt_keeps_nothing(store, tmp_path, monkeypatch, failing):
+    import errno
+
+    from station.core import store as store_module
+
+    kept, new = make_ct_files(tmp_path, n=2)
+    first = _adopt_with_head(store, _spool(store, "k.part", kept.read_bytes()), kept.read_bytes())
+
+    def io_error(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def db_error(*args):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    sync = io_error if failing == "flush" else (lambda: None)
+    if failing == "rows":
+        monkeypatch.setattr(Store, "_index_rows", staticmethod(db_error))
+    elif failing == "rename":
+        monkeypatch.setattr(store_module.os, "replace", io_error)
+    elif failing == "directory fsync":
+        monkeypatch.setattr(store_module, "_fsync_dir", io_error)
+    elif failing == "commit":
+        monkeypatch.setattr(Store, "_commit_index", db_error)
+    raw = new.read_bytes()
+    spooled = _spool(store, "n.part", raw)
+    with pytest.raises(StoreFullError):
+        _adopt_with_head(store, spooled, raw, sync)
+    monkeypatch.undo()
+    assert [p.name for p in store.objects_dir.rglob("*.dcm")] == [Path(first.path).name]
+    assert store.count_instances() == 1 and list(store.tmp_dir.iterdir()) == []
+    assert not store._writer.in_transaction
+    (row,) = store.series_list()
+    assert row.instances == 1
+    # A store that works again takes the instance.
+    _adopt_with_head(store, _spool(store, "n.part", raw), raw)
+    assert store.count_instances() == 2
+
+
+def test_adopt_while_another_thread_holds_the_index_flushes_first(store, tmp_path):
+    (f,) = make_ct_files(tmp_path, n=1)
+    raw = f.read_bytes()
+    seen: list[bool] = []
+    store._write_lock.acquire()
+    released = threading.Timer(0.05, store._write_lock.release)
+    released.start()
+    try:
+        _adopt_with_head(store, _spool(store, "a.part", raw), raw, lambda: seen.append(store._writer.in_transaction))
+    finally:
+        released.join()
+    assert seen == [False] and store.count_instances() == 1

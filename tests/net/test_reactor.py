@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pynetdicom
 import pytest
@@ -275,6 +276,60 @@ def test_spool_file_not_flushed_elsewhere_is_flushed_by_sync(tmp_path, monkeypat
     spooled.close()
 
 
+@pytest.mark.skipif(reactor._aio is None, reason="no POSIX AIO (glibc, 64-bit Linux) here")
+def test_spool_file_flush_started_in_the_background_is_waited_for_by_sync(tmp_path, monkeypatch):
+    monkeypatch.setattr(reactor, "_fdatasync", lambda fd: pytest.fail("flushed again in the foreground"))
+    spooled = reactor.SpoolFile(tmp_path)
+    spooled.write(b"x" * 300_000)
+    spooled.start_flush()
+    assert spooled._aio_cb is not None
+    spooled.sync()
+    spooled.close()
+    assert Path(spooled.name).read_bytes() == b"x" * 300_000
+
+
+class _FakeAio:
+    def __init__(self, result):
+        self.result, self.waited = result, 0
+
+    def start(self, fd):
+        return object()
+
+    def wait(self, cb, timeout):
+        self.waited += 1
+        return self.result
+
+
+def test_background_flush_failure_is_raised_by_sync_and_the_file_still_closes(tmp_path, monkeypatch):
+    import errno
+
+    monkeypatch.setattr(reactor, "_aio", _FakeAio(errno.ENOSPC))
+    spooled = reactor.SpoolFile(tmp_path)
+    spooled.write(b"x" * 1000)
+    spooled.start_flush()
+    with pytest.raises(OSError) as failed:
+        spooled.sync()
+    assert failed.value.errno == errno.ENOSPC
+    spooled.close()
+    assert spooled.fileno() == -1
+
+
+def test_background_flush_that_never_ends_keeps_the_descriptor_open(tmp_path, monkeypatch):
+    """A descriptor closed (and reused) under a running flush would flush another file."""
+    import os
+
+    aio = _FakeAio(None)  # still running at every look
+    monkeypatch.setattr(reactor, "_aio", aio)
+    spooled = reactor.SpoolFile(tmp_path)
+    spooled.start_flush()
+    with pytest.raises(OSError):
+        spooled.sync()
+    fd = spooled.fileno()
+    spooled.close()
+    assert spooled.fileno() == fd and aio.waited == 2
+    os.close(fd)
+
+
 def _c_store_rq_message(sop_uid: str, priority: int = 0, move_originator: str = ""):
     from io import BytesIO
 
@@ -306,6 +361,7 @@ def _c_store_rq_message(sop_uid: str, priority: int = 0, move_originator: str = 
 @pytest.mark.parametrize(("sop_uid", "priority", "move_originator"), [
     ("1.2.3.4", 0, ""), ("1.2.3.45", 1, ""), ("1.2.826.0.1.3680043.8.498." + "9" * 36, 2, ""),
     ("1.2.3.4", 0, "MOVER"),  # not plain: pynetdicom's way
+    ("1.2.03.4", 0, ""), ("1.2..4", 0, ""), ("1.2.3.4.", 0, ""),  # not conformant: pynetdicom's setter
 ])
 def test_c_store_request_primitive_matches_pynetdicoms(sop_uid, priority, move_originator):
     message, encoded = _c_store_rq_message(sop_uid, priority, move_originator)
@@ -314,6 +370,19 @@ def test_c_store_request_primitive_matches_pynetdicoms(sop_uid, priority, move_o
     theirs = reactor._original_message_to_primitive(message)
     assert type(ours) is type(theirs)
     assert vars(ours) == vars(theirs)
+    assert type(ours.AffectedSOPInstanceUID) is type(theirs.AffectedSOPInstanceUID)
+    assert type(ours.AffectedSOPClassUID) is type(theirs.AffectedSOPClassUID)
+
+
+@pytest.mark.filterwarnings("ignore:The value length")  # pydicom's, on the way to the refusal
+def test_c_store_request_with_an_overlong_uid_is_refused_as_pynetdicom_does():
+    from pynetdicom.dimse_primitives import C_STORE
+
+    overlong = "1." + "2" * 70
+    with pytest.raises(ValueError):
+        C_STORE().AffectedSOPInstanceUID = overlong
+    with pytest.raises(ValueError):
+        reactor._set_affected_uids(C_STORE(), CTImageStorage.encode(), overlong.encode())
 
 
 def test_unusual_c_store_commands_are_left_to_pynetdicom():
@@ -394,6 +463,61 @@ def test_failing_handler_on_the_dul_thread_answers_a_failure_status(monkeypatch,
     try:
         files = make_ct_files(tmp_path, n=2, size=64)
         assert _store_over_one_association(server.server_address[1], files) == [0xC211, 0xC211]
+    finally:
+        server.shutdown()
+
+
+def test_c_store_on_the_dul_thread_skips_pynetdicoms_service_machinery(monkeypatch, tmp_path):
+    """The DUL thread calls the bound handler itself and encodes the answer directly."""
+    from pynetdicom import _config
+    from pynetdicom.association import Association
+    from pynetdicom.dimse_primitives import C_STORE
+
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")
+
+    original = Association._serve_request
+
+    def not_for_c_store(self, msg, context_id):
+        assert type(msg) is not C_STORE, "pynetdicom's _serve_request served a C-STORE"
+        return original(self, msg, context_id)
+
+    monkeypatch.setattr(Association, "_serve_request", not_for_c_store)
+    contexts = []
+
+    def on_store(event):
+        contexts.append((event.context.abstract_syntax, event.request.AffectedSOPInstanceUID))
+        return 0xB000 if len(contexts) == 2 else 0x0000  # a warning status is answered as is
+
+    server, _ = _start_scp(on_store, direct=True)
+    try:
+        files = make_ct_files(tmp_path, n=3, size=64)
+        assert _store_over_one_association(server.server_address[1], files) == [0, 0xB000, 0]
+    finally:
+        server.shutdown()
+    assert [c for c, _ in contexts] == [CTImageStorage] * 3
+    assert len({uid for _, uid in contexts}) == 3
+
+
+@pytest.mark.parametrize("returned", ["dataset", "unknown", "not a status"])
+def test_c_store_on_the_dul_thread_validates_other_statuses_as_pynetdicom_does(monkeypatch, tmp_path, returned):
+    from pydicom import Dataset
+    from pynetdicom import _config
+
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")
+
+    def on_store(event):
+        if returned == "dataset":
+            status = Dataset()
+            status.Status = 0xA700
+            status.ErrorComment = "full"
+            return status
+        return 0xA7FF if returned == "unknown" else "yes"
+
+    server, _ = _start_scp(on_store, direct=True)
+    try:
+        files = make_ct_files(tmp_path, n=1, size=64)
+        expected = {"dataset": 0xA700, "unknown": 0xA7FF, "not a status": 0xC002}[returned]
+        assert _store_over_one_association(server.server_address[1], files) == [expected]
     finally:
         server.shutdown()
 
