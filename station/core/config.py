@@ -21,7 +21,9 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,6 +122,27 @@ class Settings:
     simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
     detect: DetectSettings = field(default_factory=DetectSettings)
     source: Path | None = None  # the file these settings came from, if any
+
+
+def table_array(entries: Any, section: str, origin: str | os.PathLike[str],
+                keys: Iterable[str]) -> list[tuple[str, Mapping[str, Any]]]:
+    """The tables of a ``[[section]]`` array (as ``tomllib`` returns it), each with its
+    place for error messages ("FILE: [[section]] #N"). ConfigError when the section is
+    not an array of tables, an entry is not a table, or it has a key not in ``keys``
+    (a typo must never fall back to a default)."""
+    if not isinstance(entries, list):
+        raise ConfigError(f"{origin}: {section} must be an array of tables ([[{section}]])")
+    allowed = set(keys)
+    tables = []
+    for i, entry in enumerate(entries, 1):
+        where = f"{origin}: [[{section}]] #{i}"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where} must be a table")
+        unknown = sorted(set(entry) - allowed)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}")
+        tables.append((where, entry))
+    return tables
 
 
 def coerce_setting(kind: type, value: Any, where: str, *, echo: bool = True) -> Any:

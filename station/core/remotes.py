@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from station.core.config import ConfigError, coerce_setting, default_config_path
+from station.core.config import ConfigError, coerce_setting, default_config_path, table_array
 
 AUTH_KINDS: tuple[str, ...] = ("none", "basic", "bearer")
 """How a DICOMweb remote authenticates: nothing, HTTP Basic, or an OAuth-style bearer token."""
@@ -155,17 +155,9 @@ def validate_remote(remote: RemoteSettings, where: str) -> None:
 
 def parse_remotes(entries: Sequence[Mapping[str, Any]], origin: str | os.PathLike[str] = "<remotes>") -> list[RemoteSettings]:
     """Typed remotes from the parsed ``[[remotes]]`` list (as ``tomllib`` returns it)."""
-    if not isinstance(entries, list):
-        raise ConfigError(f"{origin}: remotes must be an array of tables ([[remotes]])")
     remotes: list[RemoteSettings] = []
     names: set[str] = set()
-    for i, entry in enumerate(entries):
-        where = f"{origin}: [[remotes]] #{i + 1}"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where} must be a table")
-        unknown = sorted(set(entry) - set(_FIELD_TYPES))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}")
+    for where, entry in table_array(entries, "remotes", origin, _FIELD_TYPES):
         if "name" not in entry:
             raise ConfigError(f"{where}: name is required")
         values = {k: _coerce(where, k, v) for k, v in entry.items()}

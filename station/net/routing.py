@@ -48,7 +48,7 @@ import requests
 from pydicom.uid import UID_dictionary
 from requests_toolbelt.streaming_iterator import StreamingIterator
 
-from station.core.config import ConfigError
+from station.core.config import ConfigError, table_array
 from station.core.hooks import AlertRaised, DecisionRecorded, ScanCompleted
 from station.core.outbox import Job, Outbox, OutboxSettings, retry_delay
 from station.core.remotes import RemoteSettings
@@ -138,17 +138,9 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
 
 def parse_routing(entries: Any, remotes: Sequence[RemoteSettings], origin: str | os.PathLike[str] = "<routing>") -> list[RoutingRule]:
     """Typed rules from the parsed ``[[routing]]`` list; ConfigError names the rule and key."""
-    if not isinstance(entries, list):
-        raise ConfigError(f"{origin}: routing must be an array of tables ([[routing]])")
     by_name = {r.name: r for r in remotes}
     rules = []
-    for i, entry in enumerate(entries, 1):
-        where = f"{origin}: [[routing]] #{i}"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where} must be a table")
-        unknown = sorted(set(entry) - set(_RULE_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}")
+    for i, (where, entry) in enumerate(table_array(entries, "routing", origin, _RULE_KEYS), 1):
         if "to" not in entry:
             raise ConfigError(f"{where}: to (a remote's name) is required")
         to = _strings(entry["to"], f"{where}: to")
