@@ -50,16 +50,6 @@ def _resident() -> dict[str, int]:
     return {"anon": _status_kb("RssAnon") * 1024, "file": _status_kb("RssFile") * 1024}
 
 
-def _wait(app: Any, predicate: Any, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        app.processEvents()
-        if predicate():
-            return True
-        time.sleep(0.002)
-    return bool(predicate())
-
-
 def _rate(app: Any, step: Any, seconds: float) -> tuple[float, int]:
     """Changes per second of `step(i)` followed by processEvents (which paints)."""
     n = 0
@@ -83,7 +73,7 @@ def bench_view(*, slices: int = 300, size: int = 512, seconds: float = 2.0, roun
     from PySide6.QtWidgets import QGraphicsRectItem
 
     from station.core import synth
-    from station.ui.app import make_app
+    from station.ui.app import make_app, wait_until
     from station.ui.slice_viewer import SliceViewer
 
     app = make_app()
@@ -110,7 +100,7 @@ def bench_view(*, slices: int = 300, size: int = 512, seconds: float = 2.0, roun
         viewer = SliceViewer("airport", layout="single")
         viewer.resize(1000, 1000)
         viewer.show()
-        _wait(app, lambda: False, 0.2)
+        wait_until(app, lambda: False, 0.2, poll_s=0.002)
 
         # -- first slice: from the first received file to its slice painted -------------
         latencies = []
@@ -119,7 +109,7 @@ def bench_view(*, slices: int = 300, size: int = 512, seconds: float = 2.0, roun
             painted_before = item.paints
             started = time.perf_counter()
             viewer.set_series(None, [paths[k]])
-            if not _wait(app, lambda: viewer.current_index >= 0 and item.paints > painted_before, 10):
+            if not wait_until(app, lambda: viewer.current_index >= 0 and item.paints > painted_before, 10, poll_s=0.002):
                 raise RuntimeError("first slice never painted")
             latencies.append((time.perf_counter() - started) * 1000)
         result["first_slice_ms"] = round(statistics.median(latencies), 1)
@@ -127,17 +117,17 @@ def bench_view(*, slices: int = 300, size: int = 512, seconds: float = 2.0, roun
 
         # -- load the scan as it arrives, in every layout: memory ---------------------------
         viewer.clear()
-        _wait(app, lambda: False, 0.1)
+        wait_until(app, lambda: False, 0.1, poll_s=0.002)
         before = _resident()
         viewer.set_series(None, paths[:1])
         viewer.add_paths(paths[1:])
-        if not _wait(app, lambda: viewer.volume.n_slices == len(paths) and not viewer.is_busy(), 120):
+        if not wait_until(app, lambda: viewer.volume.n_slices == len(paths) and not viewer.is_busy(), 120, poll_s=0.002):
             raise RuntimeError("scan did not load")
         viewer.set_threats(threats)
         for layout in ("mpr", "quad", "single"):
             viewer.set_layout(layout)
-            _wait(app, lambda: not viewer.is_computing(), 120)
-            _wait(app, lambda: False, 0.1)
+            wait_until(app, lambda: not viewer.is_computing(), 120, poll_s=0.002)
+            wait_until(app, lambda: False, 0.1, poll_s=0.002)
         after = _resident()
         store = viewer.store
         grown = {key: after[key] - before[key] for key in before}
@@ -155,7 +145,7 @@ def bench_view(*, slices: int = 300, size: int = 512, seconds: float = 2.0, roun
         span = max(1, hi - lo)
         viewer.set_layout("single")
         viewer.set_index(lo)
-        _wait(app, lambda: False, 0.1)
+        wait_until(app, lambda: False, 0.1, poll_s=0.002)
 
         imageview = pg.ImageView()
         imageview.resize(1000, 1000)
@@ -168,7 +158,7 @@ def bench_view(*, slices: int = 300, size: int = 512, seconds: float = 2.0, roun
             box.setPen(pen)
             imageview.getView().addItem(box)
         imageview.show()
-        _wait(app, lambda: False, 0.2)
+        wait_until(app, lambda: False, 0.2, poll_s=0.002)
 
         station_rates, imageview_rates, paints = [], [], []
         for _ in range(rounds):
@@ -188,7 +178,7 @@ def bench_view(*, slices: int = 300, size: int = 512, seconds: float = 2.0, roun
 
         # -- coronal reslice changes (1x3 layout) --------------------------------------------
         viewer.set_layout("mpr")
-        _wait(app, lambda: not viewer.is_computing(), 60)
+        wait_until(app, lambda: not viewer.is_computing(), 60, poll_s=0.002)
         rows = bag.voxels.shape[1]
         case = bag.case_base_xyz[1], bag.case_base_xyz[1] + bag.case_extent_xyz[1]
         y0, y1 = max(0, case[0]), min(rows, max(case[1], case[0] + 1))
@@ -204,7 +194,7 @@ def bench_view(*, slices: int = 300, size: int = 512, seconds: float = 2.0, roun
         result["reslice_paints_per_change"] = round((coronal.paints - painted) / max(1, total), 2)
         viewer.shutdown()
         viewer.close()
-        _wait(app, lambda: False, 0.1)
+        wait_until(app, lambda: False, 0.1, poll_s=0.002)
 
     result["goals"] = {"ratio": ">= 2", "reslice_fps": ">= 60", "memory_per_voxel_byte": "<= 1.5"}
     result["complete"] = True

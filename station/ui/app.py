@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import pyqtgraph as pg
 from PySide6.QtCore import QTimer
@@ -69,6 +70,18 @@ def apply_theme(app: QApplication) -> None:
         app.setStyleSheet(resource_path("style.qss").read_text(encoding="utf-8"))
     except (FileNotFoundError, OSError) as exc:  # an unstyled station still works
         LOGGER.warning("no stylesheet: %s", exc)
+
+
+def wait_until(app: QApplication, predicate: Callable[[], object], timeout_s: float, *, poll_s: float = 0.01) -> bool:
+    """Process events until ``predicate()`` is true or ``timeout_s`` passed; its last value
+    as a bool. For scripts driving the GUI (screenshots, benchmarks), never the app itself."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        app.processEvents()
+        if predicate():
+            return True
+        time.sleep(poll_s)
+    return bool(predicate())
 
 
 def make_app(argv: Sequence[str] | None = None) -> QApplication:

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from station.ui.app import wait_until
+
 LOGGER = logging.getLogger(__name__)
 
 # (seed, threats, dicos): a mix like a belt produces: clear and alarming, classic and DICOS.
@@ -33,16 +35,6 @@ _BAGS = [(9, 0, False), (10, 0, False), (11, 0, False), (12, 1, True), (13, 0, F
          (15, 0, True)]
 _SHOW = 14  # the bag the screenshot opens
 _VIEWED = (9, 10, 11)  # bags already looked at earlier in the shift
-
-
-def _wait(app, predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        app.processEvents()
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             window.select_series(uid)
         window.resize(args.width, args.height)
         window.show()
-        _wait(app, lambda: window.received_label is not None, 0.2)
+        wait_until(app, lambda: window.received_label is not None, 0.2)
         if target_uid is None:
             print("no scan was imported", file=sys.stderr)
             return 1
@@ -127,14 +119,14 @@ def main(argv: list[str] | None = None) -> int:
             splitter.setSizes([args.list_width, args.width - args.list_width])
         window.select_series(target_uid)
         viewer = window.viewer
-        _wait(app, lambda: viewer.volume is not None and not viewer.is_busy() and viewer.current_index >= 0, 30)
+        wait_until(app, lambda: viewer.volume is not None and not viewer.is_busy() and viewer.current_index >= 0, 30)
         viewer.set_index(target_slice)
         if args.viewer:
             _stage_viewer(app, viewer, args, target_truth)
         if archive is not None:
             _stage_remote(app, window, archive[1])
         viewer.setFocus()
-        _wait(app, lambda: False, 0.3)  # let the bridge flush and the window settle
+        wait_until(app, lambda: False, 0.3)  # let the bridge flush and the window settle
         image = window.grab()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if not image.save(str(args.out)):
@@ -175,17 +167,17 @@ def _stage_remote(app, window, show: tuple[str, str]) -> None:
     window.browser_dock.show()
     browser = window.browser_dock.widget()
     browser.remote_box.setChecked(True)
-    _wait(app, lambda: any(e.remote for e in browser.model.entries()), 20)
+    wait_until(app, lambda: any(e.remote for e in browser.model.entries()), 20)
     window.open_remote("archive", show[0], show[1], "ARCH-0033")
     viewer = window.viewer
-    _wait(app, lambda: viewer.volume is not None and getattr(viewer.volume, "complete", False), 60)
+    wait_until(app, lambda: viewer.volume is not None and getattr(viewer.volume, "complete", False), 60)
     rows = browser.model.entries()
     for i, e in enumerate(rows):
         if e.series_uid == show[1]:
             browser.table.selectRow(i)
     viewer.set_index(viewer.slice_count // 2)
-    _wait(app, lambda: not viewer.is_computing(), 30)
-    _wait(app, lambda: False, 0.5)
+    wait_until(app, lambda: not viewer.is_computing(), 30)
+    wait_until(app, lambda: False, 0.5)
 
 
 def _import_phantoms(store, root: Path, args) -> str | None:
@@ -223,8 +215,8 @@ def _stage_viewer(app, viewer, args, threats) -> None:
         # Through the spine and the lower chest: every plane shows something familiar.
         viewer.set_crosshair(shape[2] // 2 - shape[2] // 12, int(shape[1] * 0.62), int(shape[0] * 0.62))
         viewer.set_projection(20.0)
-    _wait(app, lambda: not viewer.is_computing(), 30)
-    _wait(app, lambda: False, 0.3)
+    wait_until(app, lambda: not viewer.is_computing(), 30)
+    wait_until(app, lambda: False, 0.3)
 
 
 if __name__ == "__main__":
