@@ -2,7 +2,7 @@
 
 Layers (enforced by import-linter, see pyproject.toml):
 ``station.core`` (data, store, no Qt, no sockets) <- ``station.net`` (DICOM networking)
-<- ``station.ui`` (PySide6/pyqtgraph). Entry points live in ``station.cli``.
+<- ``station.ui`` (PySide6/pyqtgraph). Entry points live in ``station.app.cli``.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -57,7 +57,7 @@ def dcmtk_env() -> dict[str, str]:
 
 @pytest.fixture
 def store(tmp_path: Path):
-    from station.core.store import Store
+    from station.core.store.store import Store
 
     s = Store(tmp_path / "store")
     yield s

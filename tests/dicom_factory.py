@@ -1,6 +1,6 @@
 """Small DICOM files built with pydicom for tests that need a few specific instances.
 
-(The realistic synthetic bags come from station.core.synth; these are deliberately tiny
+(The realistic synthetic bags come from station.core.synth.bags; these are deliberately tiny
 and fully controlled: chosen UIDs, positions and values.)
 """
 

@@ -3,7 +3,7 @@ tests/conftest.py registers them for every test directory.
 
 One private Orthanc per test session on 127.0.0.1 (ephemeral HTTP and DICOM ports, its
 own storage in a temp dir), started by ``station.bench.frames.OrthancServer`` and
-stopped (terminate, wait) at teardown. Synthetic scans from ``station.core.synth`` are
+stopped (terminate, wait) at teardown. Synthetic scans from ``station.core.synth.bags`` are
 uploaded once; ``truth.json`` stays behind. Skips when Orthanc is not installed, fails
 in CI (``CI`` set) because CI must have it (packaging/system-deps.sh).
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from station.bench.frames import OrthancServer, orthanc_executable
-from station.core.synth import make_bag_volume, write_ct_series
+from station.testing.orthanc import OrthancServer, orthanc_executable
+from station.core.synth.bags import make_bag_volume, write_ct_series
 
 SIZE = 48
 SLICES = 10

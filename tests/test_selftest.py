@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from station.selftest import encode_jpeg_lossless
+from station.app.selftest import encode_jpeg_lossless
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def test_broken_pieces_fail_with_the_reason(tmp_path):
     # What a frozen build without pylibjpeg-libjpeg's entry point looks like to pydicom.
     code = ("import sys; from pydicom.pixels import get_decoder; from pydicom.uid import JPEGLosslessSV1;"
             "get_decoder(JPEGLosslessSV1).remove_plugin('pylibjpeg');"
-            "from station.cli import main; raise SystemExit(main(sys.argv[1:]))")
+            "from station.app.cli import main; raise SystemExit(main(sys.argv[1:]))")
     out = _run(tmp_path, "--config", str(config), "--self-test", code=code)
     assert out.returncode == 1, out.stdout + out.stderr
     lines = out.stdout.splitlines()

@@ -1,10 +1,10 @@
 """A toy extra detector: flags the box around very dense voxels (metal-like). It joins the
-station's detector registry (``station.core.detect.detectors()``) next to the built-in
+station's detector registry (``station.core.detection.detectors.detectors()``) next to the built-in
 density detector.
 
 It shows the shape of a detector a site can add with a hook: a picklable module-level
 class with ``name``, ``version`` and ``detect(volume, spacing_mm, **context)`` returning
-``station.core.detect.Detection`` objects. Detectors run in worker processes, never on
+``station.core.detection.detectors.Detection`` objects. Detectors run in worker processes, never on
 the GUI or receiver threads; the station imports this file there again to unpickle it,
 so keep side effects inside ``register``. Configuration::
 
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from station.core.detect import Detection
+from station.core.detection.detectors import Detection
 
 
 @dataclass

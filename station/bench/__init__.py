@@ -14,7 +14,7 @@ def run_bench(what: str, *, json_output: bool, args: argparse.Namespace) -> int:
 
         result = bench_receive(slices=args.slices, size=args.size, repeat=args.repeat)
     elif what == "detect":
-        from station.core.detect import bench_detect
+        from station.core.detection.detectors import bench_detect
 
         result = bench_detect()
     elif what == "reliability":
@@ -44,6 +44,6 @@ def run_bench(what: str, *, json_output: bool, args: argparse.Namespace) -> int:
 
 
 def main() -> int:  # pragma: no cover - convenience for python -m station.bench
-    from station.cli import main as cli_main
+    from station.app.cli import main as cli_main
 
     return cli_main(["bench", *sys.argv[1:]])

@@ -23,7 +23,7 @@ LOGGER = logging.getLogger(__name__)
 
 
 def _rows(n: int) -> list[Any]:
-    from station.core.store import SeriesRow
+    from station.core.store.store import SeriesRow
 
     mods = ("CT", "CT", "CT", "DX", "MR")
     base = time.time() - 30 * 86400
@@ -43,10 +43,10 @@ def _rows(n: int) -> list[Any]:
 def bench_browser(scans: int = 10_000, repeat: int = 5) -> dict[str, Any]:
     """Measure opening and filtering the browser over ``scans`` index rows (GUI thread)."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from station.core.alerts import AlertBook
-    from station.core.store import Store
-    from station.ui.app import make_app
-    from station.ui.cache_browser import CacheBrowser
+    from station.core.triage.alerts import AlertBook
+    from station.core.store.store import Store
+    from station.app.gui import make_app
+    from station.ui.browser.browser import CacheBrowser
 
     app = make_app()
     with tempfile.TemporaryDirectory(prefix="station-bench-browser-") as tmp:

@@ -8,9 +8,7 @@ per image on Nagle/delayed-ACK and the comparison would measure that instead.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,35 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _dcmtk_env() -> dict[str, str]:
-    return dict(os.environ, TCP_NODELAY="1")
-
-
-def _wait_port(port: int, proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"peer exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on port {port} after {timeout} s")
+from station.testing.dcmtk import dcmtk_env
+from station.testing.ports import free_port, wait_port
 
 
 def _storescu(port: int, aec: str, folder: Path) -> float:
     started = time.perf_counter()
     proc = subprocess.run(
         ["storescu", "+sd", "-R", "-aec", aec, "127.0.0.1", str(port), str(folder)],
-        capture_output=True, text=True, env=_dcmtk_env(), check=False,
+        capture_output=True, text=True, env=dcmtk_env(), check=False,
     )
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
@@ -56,11 +34,11 @@ def _storescu(port: int, aec: str, folder: Path) -> float:
 
 def _run_dcmtk(folder: Path, work: Path) -> float:
     out = Path(tempfile.mkdtemp(dir=work, prefix="storescp-"))
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(["storescp", "-od", str(out), "-aet", "DCMTK", str(port)],
-                            env=_dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_port(port, proc)
+        wait_port(port, proc)
         return _storescu(port, "DCMTK", folder)
     finally:
         proc.terminate()
@@ -70,7 +48,7 @@ def _run_dcmtk(folder: Path, work: Path) -> float:
 
 def _run_station(folder: Path, work: Path, expected: int) -> float:
     store = Path(tempfile.mkdtemp(dir=work, prefix="station-"))
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "station", "serve", "--store", str(store), "--port", str(port),
          "--host", "127.0.0.1", "--aet", "STATION"],
@@ -102,7 +80,7 @@ def _dcmtk_version() -> str:
 
 def bench_receive(*, slices: int = 300, size: int = 512, repeat: int = 3) -> dict[str, Any]:
     """Run the comparison; return the JSON-able result."""
-    from station.core.synth import make_bag_volume, write_ct_series
+    from station.core.synth.bags import make_bag_volume, write_ct_series
 
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:

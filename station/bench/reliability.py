@@ -24,15 +24,15 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from station.bench.receive import _dcmtk_env, _free_port
-from station.core import synth
-from station.core.sopclasses import DICOS_TDR
-from station.core.store import Store
+from station.testing.dcmtk import dcmtk_env as _dcmtk_env
+from station.testing.ports import free_port as _free_port
+from station.core.synth import bags as synth
+from station.core.dicom.sopclasses import DICOS_TDR
+from station.core.store.store import Store
 
 HOSTILE_PAYLOADS = {
     "random": bytes(range(256)) * 8,
@@ -192,8 +192,8 @@ def load_part(work: Path, seconds: float, senders: int = 8) -> dict[str, Any]:
 
     from station.core.config import Settings
     from station.core.events import EventBus
-    from station.net.receiver_process import ReceiverProcess
-    from station.ui.app import make_app
+    from station.app.receiver_process import ReceiverProcess
+    from station.app.gui import make_app
     from station.ui.bridge import EventBridge
     from station.ui.main_window import MainWindow
 

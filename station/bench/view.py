@@ -72,9 +72,9 @@ def bench_view(*, slices: int = 300, size: int = 512, seconds: float = 2.0, roun
     from PySide6.QtGui import QPen
     from PySide6.QtWidgets import QGraphicsRectItem
 
-    from station.core import synth
-    from station.ui.app import make_app, wait_until
-    from station.ui.slice_viewer import SliceViewer
+    from station.core.synth import bags as synth
+    from station.app.gui import make_app, wait_until
+    from station.ui.viewer.widget import SliceViewer
 
     app = make_app()
     bag = synth.make_bag_volume(size=size, slices=slices, threats=3, seed=21)

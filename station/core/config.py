@@ -1,7 +1,7 @@
 """Typed station settings, read from one TOML file; defaults work with no file at all.
 
 The file is looked up at ``--config FILE`` or else ``<user config dir>/station.toml``
-(platformdirs). Command-line options override file values (see ``station.cli``).
+(platformdirs). Command-line options override file values (see ``station.app.cli``).
 
 Example::
 

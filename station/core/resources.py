@@ -20,3 +20,10 @@ def resource_path(name: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"station resource missing: {path}")
     return path
+
+
+def station_command(*args: str) -> list[str]:
+    """How to run a ``station`` subcommand from this interpreter or from a frozen build."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "station", *args]

@@ -34,21 +34,21 @@ from station.core.events import (
     ReceiverError,
     ReceiverState,
 )
-from station.core.alerts import Alert, AlertBook
-from station.core.mpr import ThreatBox
-from station.core.remotes import load_remotes
-from station.core.volume import FrameVolume
-from station.net.remote_series import PullProgress
-from station.core.sopclasses import DICOS_TDR
-from station.core.store import SeriesRow, Store
-from station.ui.alert_panel import SEVERITY_COLOURS, AlertPanel
+from station.core.triage.alerts import Alert, AlertBook
+from station.core.imaging.mpr import ThreatBox
+from station.core.remote.remotes import load_remotes
+from station.core.imaging.volume import FrameVolume
+from station.net.remote.series import PullProgress
+from station.core.dicom.sopclasses import DICOS_TDR
+from station.core.store.store import SeriesRow, Store
+from station.ui.triage.alert_panel import SEVERITY_COLOURS, AlertPanel
 from station.ui.bridge import EventBridge
-from station.ui.cache_browser import make_browser_dock
-from station.ui.remote_view import RemoteStores, progress_text
+from station.ui.browser.browser import make_browser_dock
+from station.ui.browser.remote import RemoteStores, progress_text
 from station.ui.routing_panel import make_routing_dock, routing_summary
 from station.ui.scan_list import ScanList
-from station.ui.slice_viewer import SliceViewer
-from station.ui.triage import TriageController
+from station.ui.viewer.widget import SliceViewer
+from station.ui.triage.controller import TriageController
 
 LOGGER = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from station.core.outbox import Job, OutboxReader, outbox_path
+from station.core.routing.outbox import Job, OutboxReader, outbox_path
 
 LOGGER = logging.getLogger(__name__)
 

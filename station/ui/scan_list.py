@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from station.core.store import SeriesRow, Store
+from station.core.store.store import SeriesRow, Store
 
 LOGGER = logging.getLogger(__name__)
 

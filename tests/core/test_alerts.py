@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from station.core import synth
-from station.core.alerts import AlertBook
-from station.core.detect import DensityDetector
-from station.core.detection_service import DetectionService
-from station.core.dicos import Algorithm, Pto, read_tdr, scan_ref_from_volume, write_machine_tdr
+from station.core.synth import bags as synth
+from station.core.triage.alerts import AlertBook
+from station.core.detection.detectors import DensityDetector
+from station.core.detection.service import DetectionService
+from station.core.dicos.tdr import Algorithm, Pto, read_tdr, scan_ref_from_volume, write_machine_tdr
 from station.core.events import EventBus, InstanceStored
-from station.core.sopclasses import DICOS_TDR
-from station.core.volume import load_volume
+from station.core.dicom.sopclasses import DICOS_TDR
+from station.core.imaging.volume import load_volume
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_a_decision_is_an_operator_tdr_that_resolves_and_persists(store, tmp_pat
 
 
 def test_a_tdr_before_its_scan_is_attached_when_the_scan_arrives(tmp_path):
-    from station.core.store import Store
+    from station.core.store.store import Store
 
     bag = synth.make_bag_volume(size=64, slices=24, threats=1, seed=9)
     files = [f for f in synth.write_ct_series(bag, tmp_path / "bag", dicos=True) if f.suffix == ".dcm"]

@@ -1,4 +1,4 @@
-"""Tests for station.core.cache: expiring object tree, query cache, eviction policy.
+"""Tests for station.core.remote.querycache: expiring object tree, query cache, eviction policy.
 
 Every time-dependent rule runs on a fake clock; nothing sleeps.
 """
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from station.core.cache import (
+from station.core.remote.querycache import (
     DEFAULT_TTL_S,
     EvictionReason,
     InstanceRecord,

@@ -1,4 +1,4 @@
-"""Tests for station.core.detect: the density detector on synthetic bags, the registry,
+"""Tests for station.core.detection.detectors: the density detector on synthetic bags, the registry,
 the process-pool runner, ``station detect`` and the benchmark's report shape.
 
 Bags are small (128x128x64) with fixed seeds; timings belong to ``bench_detect``, never
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from station.core import detect
-from station.core.detect import (
+from station.core.detection import detectors as detect
+from station.core.detection.detectors import (
     DensityDetector,
     DetectError,
     Detection,
@@ -34,9 +34,9 @@ from station.core.detect import (
     run_detectors_in_pool,
     unregister_detector,
 )
-from station.core.dicos import Algorithm, ScanRef, read_tdr, write_machine_tdr, write_operator_tdr
-from station.core.synth import THREAT_DENSITY_RANGE, make_bag_volume, write_ct_series, write_dx
-from station.core.volume import load_volume
+from station.core.dicos.tdr import Algorithm, ScanRef, read_tdr, write_machine_tdr, write_operator_tdr
+from station.core.synth.bags import THREAT_DENSITY_RANGE, make_bag_volume, write_ct_series, write_dx
+from station.core.imaging.volume import load_volume
 
 SIZE, SLICES = 128, 64
 THREAT_SEEDS = (3, 11, 17, 29)

@@ -10,8 +10,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from station.core import dicomscan
-from station.core.store import HEADER_SCAN_BYTES, _pydicom_header, _scanned_header
+from station.core.dicom import scan as dicomscan
+from station.core.store.store import HEADER_SCAN_BYTES, _pydicom_header, _scanned_header
 from tests.dicom_factory import make_ct_files
 
 
@@ -110,7 +110,7 @@ def test_garbage_is_declined():
 
 
 def test_store_ingest_and_adopt_use_the_scan_for_received_ct(store, tmp_path):
-    from station.core.synth import make_bag_volume, write_ct_series
+    from station.core.synth.bags import make_bag_volume, write_ct_series
 
     files = write_ct_series(make_bag_volume(size=64, slices=8, threats=0, seed=1), tmp_path / "ct")
     raw = files[0].read_bytes()

@@ -1,4 +1,4 @@
-"""Tests for station.core.dicos: TDR round trips, operator TDRs, vendor quirks, malformed
+"""Tests for station.core.dicos.tdr: TDR round trips, operator TDRs, vendor quirks, malformed
 files, and ``station inspect``'s per-file objects."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import DICOSCTImageStorage, ImplicitVRLittleEndian
 
-from station.core import dicos
-from station.core.dicos import (
+from station.core.dicos import tdr as dicos
+from station.core.dicos.tdr import (
     Algorithm,
     Pto,
     ReferencedInstance,
@@ -30,8 +30,8 @@ from station.core.dicos import (
     write_machine_tdr,
     write_operator_tdr,
 )
-from station.core.synth import make_bag_volume, write_ct_series, write_dx
-from station.core.volume import load_volume
+from station.core.synth.bags import make_bag_volume, write_ct_series, write_dx
+from station.core.imaging.volume import load_volume
 
 TDR_CLASS = "1.2.840.10008.5.1.4.1.1.501.3"
 T0 = datetime(2025, 3, 4, 10, 20, 30, 123000, tzinfo=timezone(timedelta(hours=1)))

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from station.core.framecache import INDEX_NAME, FrameCache, canonical_url, frame_key
+from station.core.remote.framecache import INDEX_NAME, FrameCache, canonical_url, frame_key
 
 URL = "http://pacs.example:8042/dicom-web/studies/1/series/2/instances/3/frames/{}"
 RAW = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'

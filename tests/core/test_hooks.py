@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from station.core import detect
+from station.core.detection import detectors as detect
 from station.core.config import ConfigError, load_settings
-from station.core.dicos import Algorithm, Pto, ScanRef, write_machine_tdr, write_operator_tdr
+from station.core.dicos.tdr import Algorithm, Pto, ScanRef, write_machine_tdr, write_operator_tdr
 from station.core.events import EventBus, InstanceStored
-from station.core.hooks import (
+from station.core.hooks.runner import (
     AlertRaised,
     DecisionRecorded,
     HookLoadError,
@@ -35,8 +35,8 @@ from station.core.hooks import (
     ScanTracker,
     load_hooks_settings,
 )
-from station.core.sopclasses import DICOS_TDR
-from station.core.store import Store
+from station.core.dicom.sopclasses import DICOS_TDR
+from station.core.store.store import Store
 from tests.dicom_factory import make_ct_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,7 +153,7 @@ def test_raising_and_sleeping_hooks_are_isolated_counted_and_logged(tmp_path, ca
     runner.load()
     runner.start()
     try:
-        caplog.set_level(logging.WARNING, logger="station.core.hooks")
+        caplog.set_level(logging.WARNING, logger="station.core.hooks.runner")
         counter = sys.modules["station_hook_counter"]
         submit_s = 0.0
         for i in range(20):
@@ -287,7 +287,7 @@ def _tdr_pair(folder: Path, ct: list[Path], *, alarm: bool, decision: str) -> tu
 def test_examples_through_the_services_alerts_decisions_and_gui_stored_reports(tmp_path):
     """decisions_csv writes a line per decision, whether the operator TDR was received or
     stored by another process (the GUI ingests decisions into the shared store itself)."""
-    from station.net.services import start_services
+    from station.app.host import start_services
 
     csv_path = tmp_path / "out" / "decisions.csv"
     seen = _script(tmp_path / "hooks", "seen", """

@@ -1,12 +1,12 @@
-"""station.core.material: material classes from CT density and from dual-energy X-ray."""
+"""station.core.imaging.material: material classes from CT density and from dual-energy X-ray."""
 
 from __future__ import annotations
 
 import numpy as np
 import pydicom
 
-from station.core import synth
-from station.core.material import (
+from station.core.synth import bags as synth
+from station.core.imaging.material import (
     BACKGROUND,
     INORGANIC,
     METAL,

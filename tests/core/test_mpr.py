@@ -1,4 +1,4 @@
-"""station.core.mpr: reslicing from a SeriesVolume, slabs, projections, measurements.
+"""station.core.imaging.mpr: reslicing from a SeriesVolume, slabs, projections, measurements.
 
 Volumes are written as small one-file-per-slice CT series (and one multi-frame file) with
 pydicom, so the store is exercised on real memory-mapped files, in geometric order that
@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, DICOSCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from station.core.mpr import (
+from station.core.imaging.mpr import (
     Projector,
     SliceStore,
     ThreatBox,
@@ -26,7 +26,7 @@ from station.core.mpr import (
     roi_stats,
     slab_range,
 )
-from station.core.volume import SeriesVolume, load_volume
+from station.core.imaging.volume import SeriesVolume, load_volume
 
 SPACING = (2.0, 0.5, 0.8)  # z, y, x mm: all different, so a swapped axis shows
 

@@ -9,8 +9,8 @@ import textwrap
 import pytest
 
 from station.core.config import ConfigError, load_settings
-from station.core.hooks import ScanCompleted
-from station.core.outbox import Outbox, OutboxReader, load_outbox_settings, outbox_path, retry_delay
+from station.core.hooks.runner import ScanCompleted
+from station.core.routing.outbox import Outbox, OutboxReader, load_outbox_settings, outbox_path, retry_delay
 
 
 def scan(key: str = "SE1", paths: tuple[str, ...] = ("/s/a", "/s/b"), study: str = "ST1", **kw) -> ScanCompleted:

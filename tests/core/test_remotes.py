@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from station.core.config import ConfigError, load_settings
-from station.core.remotes import RemoteSettings, find_remote, load_remotes, parse_remotes
+from station.core.remote.remotes import RemoteSettings, find_remote, load_remotes, parse_remotes
 
 TOML = """
 [receiver]

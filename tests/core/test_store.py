@@ -15,7 +15,7 @@ import pytest
 from pydicom.config import disable_value_validation
 from pydicom.data import get_testdata_file
 
-from station.core.store import InvalidInstanceError, Store, StoreError, StoreFullError, uid_token
+from station.core.store.store import InvalidInstanceError, Store, StoreError, StoreFullError, uid_token
 from tests.dicom_factory import make_ct_files
 
 
@@ -172,7 +172,7 @@ def test_full_disk_raises_store_full_and_keeps_nothing(tmp_path):
     script = f"""
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-from station.core.store import Store, StoreFullError
+from station.core.store.store import Store, StoreFullError
 s = Store({str(tmp_path / 's')!r})
 s.ingest([open({str(small)!r}, 'rb').read()])
 resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
@@ -215,7 +215,7 @@ def test_adopt_reads_the_header_from_the_head_it_is_given(store, tmp_path, monke
     is indexed without the file being opened again."""
     import builtins
 
-    from station.core.store import HEADER_SCAN_BYTES
+    from station.core.store.store import HEADER_SCAN_BYTES
 
     a, b = make_ct_files(tmp_path, n=2)
     by_path = store.adopt(_spool(store, "a.part", a.read_bytes()))
@@ -242,7 +242,7 @@ def test_adopt_with_a_head_the_scan_cannot_read_reads_the_file(store, tmp_path):
 
 
 def test_adopt_refuses_a_head_without_uids_and_keeps_nothing(store, tmp_path):
-    from station.core.store import HEADER_SCAN_BYTES
+    from station.core.store.store import HEADER_SCAN_BYTES
 
     ds = pydicom.dcmread(make_ct_files(tmp_path, n=1)[0])
     del ds.SeriesInstanceUID
@@ -260,7 +260,7 @@ def test_a_failing_directory_fsync_takes_the_renamed_file_back(store, tmp_path, 
     later reconcile. A file that replaced an indexed copy of the same instance stays."""
     import errno
 
-    from station.core import store as store_module
+    from station.core.store import store as store_module
 
     def failing(directory):
         raise OSError(errno.EIO, "Input/output error")
@@ -276,7 +276,7 @@ def test_a_failing_directory_fsync_takes_the_renamed_file_back(store, tmp_path, 
 
 
 def _adopt_with_head(store: Store, spooled: Path, raw: bytes, sync=lambda: None):
-    from station.core.store import HEADER_SCAN_BYTES
+    from station.core.store.store import HEADER_SCAN_BYTES
 
     return store.adopt(spooled, sync=sync, head=raw[:HEADER_SCAN_BYTES], size=len(raw))
 
@@ -284,7 +284,7 @@ def _adopt_with_head(store: Store, spooled: Path, raw: bytes, sync=lambda: None)
 def test_adopt_writes_the_rows_while_the_flush_runs_and_commits_them_last(store, tmp_path, monkeypatch):
     """With a flush to wait for, the rows are written first but stay invisible (another
     connection sees nothing) until the data is on disk, renamed and its directory synced."""
-    from station.core import store as store_module
+    from station.core.store import store as store_module
 
     (f,) = make_ct_files(tmp_path, n=1)
     raw = f.read_bytes()
@@ -309,7 +309,7 @@ def test_adopt_writes_the_rows_while_the_flush_runs_and_commits_them_last(store,
 def test_every_failure_of_an_overlapped_adopt_keeps_nothing(store, tmp_path, monkeypatch, failing):
     import errno
 
-    from station.core import store as store_module
+    from station.core.store import store as store_module
 
     kept, new = make_ct_files(tmp_path, n=2)
     first = _adopt_with_head(store, _spool(store, "k.part", kept.read_bytes()), kept.read_bytes())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from station.core.store import (
+from station.core.store.store import (
     INDEX_NAME,
     PENDING_WINDOW_S,
     RECEIVING_GRACE_S,

@@ -1,4 +1,4 @@
-"""Tests for station.core.synth: the synthetic bag generator and its DICOM/DICOS writers.
+"""Tests for station.core.synth.bags: the synthetic bag generator and its DICOM/DICOS writers.
 
 Small volumes (64x64x24 and similar) keep the whole file to a few seconds.
 """
@@ -24,8 +24,8 @@ from pydicom.uid import (
 )
 from scipy import ndimage
 
-from station.core import synth
-from station.core.synth import (
+from station.core.synth import bags as synth
+from station.core.synth.bags import (
     THREAT_DENSITY_RANGE,
     BagVolume,
     make_bag_volume,

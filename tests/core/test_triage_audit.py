@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 
-from station.core.audit import AuditLog
-from station.core.report import shift_stats, write_csv
-from station.core.triage import ScanInfo, TriageQueue, atr_decision
+from station.core.triage.audit import AuditLog
+from station.core.triage.report import shift_stats, write_csv
+from station.core.triage.queue import ScanInfo, TriageQueue, atr_decision
 
 
 def test_queue_arrival_order_alarms_first_next_previous_decided():

@@ -1,6 +1,6 @@
-"""Tests for station.core.volume: geometric ordering, rescale, lazy pixels, growth.
+"""Tests for station.core.imaging.volume: geometric ordering, rescale, lazy pixels, growth.
 
-Series are synthesised here with pydicom (not with station.core.synth) so these tests
+Series are synthesised here with pydicom (not with station.core.synth.bags) so these tests
 pin the volume model against hand-checked voxels and positions.
 """
 
@@ -32,7 +32,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from station.core.volume import SeriesVolume, SliceInfo, VolumeError, group_series, load_volume
+from station.core.imaging.volume import SeriesVolume, SliceInfo, VolumeError, group_series, load_volume
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)  # normal = row x col = (-1, 0, 0)
@@ -647,7 +647,7 @@ def test_adding_files_reads_headers_only(tmp_path):
 
 
 def _frame_volume(n: int = 4, rows: int = 6, cols: int = 5):
-    from station.core.volume import FrameVolume
+    from station.core.imaging.volume import FrameVolume
 
     # Slices given in viewing order; positions ascend along the normal (z here).
     slices = [SliceInfo(path=Path("remote", f"1.2.{k}"), frame_index=0, position_mm=(0.0, 0.0, 2.5 * k),
@@ -657,7 +657,7 @@ def _frame_volume(n: int = 4, rows: int = 6, cols: int = 5):
 
 
 def test_frame_volume_knows_every_slice_before_any_pixel():
-    from station.core.volume import SliceNotLoaded
+    from station.core.imaging.volume import SliceNotLoaded
 
     vol = _frame_volume()
     assert vol.shape == (4, 6, 5) and vol.loaded == 0 and not vol.complete
@@ -694,7 +694,7 @@ def test_frame_volume_put_keeps_whole_numbers_as_int16_and_counts():
 
 
 def test_slice_store_gathers_what_has_arrived_and_the_rest_later():
-    from station.core.mpr import SliceStore
+    from station.core.imaging.mpr import SliceStore
 
     vol = _frame_volume()
     store = SliceStore(vol)

@@ -17,8 +17,8 @@ import pydicom
 import pytest
 
 from station.bench.reliability import acknowledged_files
-from station.core import synth
-from station.core.store import Store
+from station.core.synth import bags as synth
+from station.core.store.store import Store
 from tests.e2e.test_serve import start_serve
 
 

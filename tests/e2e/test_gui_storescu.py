@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from station.core import synth
+from station.core.synth import bags as synth
 from station.core.config import ReceiverSettings, Settings
 from station.core.events import EventBus
-from station.net.receiver import Receiver
+from station.net.dimse.receiver import Receiver
 
 pytest.importorskip("pytestqt")
 
 
 @pytest.fixture
 def station(qtbot, store, tmp_path):
-    from station.ui.app import make_app
+    from station.app.gui import make_app
     from station.ui.bridge import EventBridge
     from station.ui.main_window import MainWindow
 
@@ -84,9 +84,9 @@ def test_dicos_multiframe_ct_shows_every_frame(station, qtbot, tmp_path, dcmtk_e
 
 
 def test_a_scanner_tdr_sent_by_storescu_becomes_an_alert_on_its_scan(station, qtbot, tmp_path, dcmtk_env):
-    from station.core.dicos import Algorithm, Pto, read_tdr, scan_ref_from_volume, write_machine_tdr
-    from station.core.sopclasses import DICOS_TDR
-    from station.core.volume import load_volume
+    from station.core.dicos.tdr import Algorithm, Pto, read_tdr, scan_ref_from_volume, write_machine_tdr
+    from station.core.dicom.sopclasses import DICOS_TDR
+    from station.core.imaging.volume import load_volume
 
     window, receiver = station
     bag = synth.make_bag_volume(size=64, slices=24, threats=1, seed=13)

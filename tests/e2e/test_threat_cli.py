@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from station.core import synth
+from station.core.synth import bags as synth
 
 
 def station(*args: str) -> subprocess.CompletedProcess:

@@ -11,9 +11,11 @@ import pydicom
 import pytest
 import requests
 
-from station.bench.frames import OrthancServer, free_port
-from station.core.framecache import FrameCache
-from station.net.dicomweb import (
+from station.testing.orthanc import OrthancServer
+
+from station.testing.ports import free_port
+from station.core.remote.framecache import FrameCache
+from station.net.dicomweb.client import (
     RAW_ACCEPT_ANY,
     AuthenticationFailed,
     BearerAuth,
@@ -338,7 +340,7 @@ def test_bearer_token_header_and_redaction():
 
 
 def test_https_ca_bundle_is_passed_to_requests(tmp_path):
-    from station.core.remotes import RemoteSettings
+    from station.core.remote.remotes import RemoteSettings
 
     bundle = tmp_path / "ca.pem"
     bundle.write_text("not used")

@@ -13,9 +13,9 @@ import threading
 
 import pytest
 
-from station.bench.frames import OrthancServer, orthanc_executable
-from station.core.remotes import RemoteSettings
-from station.net.dicomweb import DicomWebClient, DicomWebError
+from station.testing.orthanc import OrthancServer, orthanc_executable
+from station.core.remote.remotes import RemoteSettings
+from station.net.dicomweb.client import DicomWebClient, DicomWebError
 
 
 class TlsProxy:

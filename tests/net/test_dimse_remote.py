@@ -6,12 +6,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from station.bench.frames import free_port
+from station.testing.ports import free_port
 from station.core.config import ReceiverSettings
 from station.core.events import EventBus
-from station.core.remotes import RemoteSettings
-from station.net.dimse_remote import DimseError, DimseRemote
-from station.net.receiver import Receiver
+from station.core.remote.remotes import RemoteSettings
+from station.net.dimse.scu import DimseError, DimseRemote
+from station.net.dimse.receiver import Receiver
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from station.bench.frames import free_port
+from station.testing.ports import free_port
 from tests.orthanc_fixtures import SLICES
 
 

@@ -6,7 +6,6 @@ import logging
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from pynetdicom import AE
@@ -14,7 +13,7 @@ from pynetdicom.sop_class import Verification
 
 from station.core.config import ReceiverSettings
 from station.core.events import AssociationClosed, EventBus, ReceiverError
-from station.net.receiver import Receiver
+from station.net.dimse.receiver import Receiver
 from tests.dicom_factory import make_ct_files
 
 

@@ -13,7 +13,7 @@ from pynetdicom import AE, evt
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from station.net import reactor
+from station.net.dimse.pynetdicom_ext import reactor
 from tests.dicom_factory import make_ct_files
 
 

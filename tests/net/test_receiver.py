@@ -13,8 +13,8 @@ from pydicom.data import get_testdata_file
 
 from station.core.config import ReceiverSettings
 from station.core.events import AssociationClosed, EventBus, InstanceStored, ReceiverError, ReceiverState
-from station.net.receiver import Receiver, ReceiverStartError
-from station.net.sender import send_files
+from station.net.dimse.receiver import Receiver, ReceiverStartError
+from station.net.dimse.sender import send_files
 from tests.dicom_factory import make_ct_files
 
 
@@ -197,9 +197,9 @@ def test_each_instance_is_durable_renamed_synced_and_indexed_before_its_answer(r
     """The durability order, per instance: the spool file's data on disk, then the rename,
     then the directory fsync, then the index commit, then the success response. A plain
     C-STORE is served on the association's DUL thread (no hand-over), so all of it is there."""
-    from station.core import store as store_module
-    from station.core.store import Store
-    from station.net import reactor
+    from station.core.store import store as store_module
+    from station.core.store.store import Store
+    from station.net.dimse.pynetdicom_ext import reactor
 
     steps: list[tuple[str, str]] = []
     lock = threading.Lock()
@@ -245,8 +245,8 @@ def test_a_queued_instance_is_flushed_on_the_dul_thread_before_the_rename(runnin
     """When the association thread serves a C-STORE (the DUL thread may not: it is busy or
     paused), the DUL thread flushes the complete spool file while the association thread
     wakes up and reads its header; the store's adopt (the rename) ends only after that."""
-    from station.core.store import Store
-    from station.net import reactor
+    from station.core.store.store import Store
+    from station.net.dimse.pynetdicom_ext import reactor
 
     order: list[tuple[str, str, str]] = []
     finish, adopt = reactor.SpoolFile.finish, Store.adopt
@@ -282,8 +282,8 @@ def test_a_failing_durable_step_answers_out_of_resources_and_keeps_nothing(runni
     from pynetdicom import AE
     from pynetdicom.sop_class import CTImageStorage
 
-    from station.core import store as store_module
-    from station.net import reactor
+    from station.core.store import store as store_module
+    from station.net.dimse.pynetdicom_ext import reactor
 
     def disk_full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")

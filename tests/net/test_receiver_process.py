@@ -16,8 +16,8 @@ import pytest
 from station.core.config import ReceiverSettings
 from station.core.events import EventBus, InstanceStored, ReceiverState
 from station.core.priority import RECEIVER_NICE
-from station.net.receiver import ReceiverStartError
-from station.net.receiver_process import ReceiverProcess
+from station.net.dimse.receiver import ReceiverStartError
+from station.app.receiver_process import ReceiverProcess
 from tests.dicom_factory import make_ct_files
 
 
@@ -103,7 +103,7 @@ def test_the_child_stops_when_its_parent_dies(tmp_path):
         sys.path.insert(0, {os.getcwd()!r})
         from station.core.config import ReceiverSettings
         from station.core.events import EventBus
-        from station.net.receiver_process import ReceiverProcess
+        from station.app.receiver_process import ReceiverProcess
         rx = ReceiverProcess({str(tmp_path / "store")!r}, EventBus(), ReceiverSettings(host="127.0.0.1", port=0))
         rx.start()
         print(rx.pid, flush=True)

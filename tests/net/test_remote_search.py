@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from station.bench.frames import OrthancServer
-from station.core.framecache import FrameCache
-from station.net.dicomweb import DicomWebClient, RemoteUnavailable
-from station.net.remote_search import DicomWebSearcher, RemoteSearch, SearchTerms, queries_for
+from station.testing.orthanc import OrthancServer
+from station.core.remote.framecache import FrameCache
+from station.net.dicomweb.client import DicomWebClient, RemoteUnavailable
+from station.net.remote.search import DicomWebSearcher, RemoteSearch, SearchTerms, queries_for
 
 
 def test_queries_for_a_search_box():

@@ -8,11 +8,11 @@ import threading
 import numpy as np
 import pytest
 
-from station.bench.frames import free_port
-from station.core.framecache import FrameCache
-from station.core.volume import VolumeError
-from station.net.dicomweb import DicomWebClient
-from station.net.remote_series import FrameArrived, PullProgress, RemoteSeries, SeriesLayout
+from station.testing.ports import free_port
+from station.core.remote.framecache import FrameCache
+from station.core.imaging.volume import VolumeError
+from station.net.dicomweb.client import DicomWebClient
+from station.net.remote.series import FrameArrived, PullProgress, RemoteSeries, SeriesLayout
 from tests.orthanc_fixtures import SIZE, SLICES
 
 

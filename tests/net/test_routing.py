@@ -15,16 +15,16 @@ import pydicom
 import pytest
 import requests
 
-from station.bench.frames import OrthancServer
+from station.testing.orthanc import OrthancServer
 from station.core.config import ConfigError, load_settings
 from station.core.events import EventBus
-from station.core.hooks import ScanCompleted
-from station.core.outbox import OutboxReader
-from station.core.remotes import RemoteSettings
-from station.core.store import Store
-from station.core.synth import make_bag_volume, write_ct_series
-from station.net.routing import parse_routing
-from station.net.services import start_services
+from station.core.hooks.runner import ScanCompleted
+from station.core.routing.outbox import OutboxReader
+from station.core.remote.remotes import RemoteSettings
+from station.core.store.store import Store
+from station.core.synth.bags import make_bag_volume, write_ct_series
+from station.net.routing.router import parse_routing
+from station.app.host import start_services
 from tests.core.test_hooks import _tdr_pair
 from tests.dicom_factory import make_ct_files
 

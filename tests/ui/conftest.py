@@ -17,7 +17,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from station.core.events import EventBus
-from station.core.store import Store
+from station.core.store.store import Store
 
 
 def _os_threads() -> dict[str, str]:

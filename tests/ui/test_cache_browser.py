@@ -8,8 +8,8 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMessageBox
 
-from station.core.store import SeriesRow
-from station.ui.cache_browser import (
+from station.core.store.store import SeriesRow
+from station.ui.browser.browser import (
     COL_ID,
     COL_SIZE,
     CacheBrowser,
@@ -185,7 +185,7 @@ def test_lazy_model_fetches_in_batches(qtbot, store):
 
 
 def test_scans_are_grouped_by_bag_and_the_group_can_be_switched_off(qtbot, store, ct_files):
-    from station.ui.cache_browser import CacheBrowser
+    from station.ui.browser.browser import CacheBrowser
 
     # Arrival order interleaves two bags: A, B, A.
     for pid in ("BAG-A", "BAG-B", "BAG-A"):

@@ -232,7 +232,7 @@ def _close_soon(check, delay_ms=300, timeout_s=20.0):
 
 
 def test_run_gui_starts_and_stops_everything(qtbot, settings):
-    from station.ui.app import run_gui
+    from station.app.gui import run_gui
 
     settings.simulator.size = 64
     settings.simulator.slices = 12
@@ -253,7 +253,7 @@ def test_run_gui_starts_and_stops_everything(qtbot, settings):
 
 
 def test_run_gui_opens_even_when_the_port_is_taken(qtbot, settings):
-    from station.ui.app import run_gui
+    from station.app.gui import run_gui
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

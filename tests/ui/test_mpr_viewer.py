@@ -12,10 +12,10 @@ from PySide6.QtCore import QEvent, QPointF, Qt
 from PySide6.QtGui import QColor, QMouseEvent
 from PySide6.QtWidgets import QApplication
 
-from station.core import synth
-from station.ui.colormaps import argb_to_rgb
-from station.ui.slice_viewer import SliceViewer, window_presets
-from station.ui.view_pane import THREAT_COLORS
+from station.core.synth import bags as synth
+from station.ui.viewer.colormaps import argb_to_rgb
+from station.ui.viewer.widget import SliceViewer, window_presets
+from station.ui.viewer.pane import THREAT_COLORS
 from tests.core.test_mpr import SPACING, write_classic
 
 NZ, NY, NX = 12, 20, 24
@@ -409,7 +409,7 @@ def test_layout_and_active_pane_keys(qtbot, viewer):
 
 
 def test_colour_tables_match_the_palette():
-    from station.ui.colormaps import material_lut
+    from station.ui.viewer.colormaps import material_lut
 
     lut = material_lut()
     r, g, b = argb_to_rgb(lut[1, 255])

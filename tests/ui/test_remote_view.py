@@ -8,12 +8,12 @@ import threading
 import numpy as np
 import pytest
 
-from station.bench.frames import OrthancServer
+from station.testing.orthanc import OrthancServer
 from station.core.config import Settings
-from station.core.remotes import RemoteSettings
-from station.ui.cache_browser import CacheBrowser
+from station.core.remote.remotes import RemoteSettings
+from station.ui.browser.browser import CacheBrowser
 from station.ui.main_window import MainWindow
-from station.ui.remote_view import RemoteStores
+from station.ui.browser.remote import RemoteStores
 from tests.orthanc_fixtures import SLICES
 
 

@@ -10,8 +10,8 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMainWindow
 
 from station.core.config import load_settings
-from station.core.hooks import ScanCompleted
-from station.core.outbox import Outbox
+from station.core.hooks.runner import ScanCompleted
+from station.core.routing.outbox import Outbox
 from station.ui.routing_panel import RoutingPanel, hooks_summary, make_routing_dock
 
 

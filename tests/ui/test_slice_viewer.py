@@ -10,8 +10,8 @@ from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtGui import QWheelEvent
 from PySide6.QtWidgets import QApplication
 
-from station.ui import slice_viewer
-from station.ui.slice_viewer import SliceViewer, auto_window, default_window, window_presets
+from station.ui.viewer import widget as slice_viewer
+from station.ui.viewer.widget import SliceViewer, auto_window, default_window, window_presets
 
 
 

@@ -13,15 +13,15 @@ import pytest
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication, QWidget
 
-from station.cli import main as cli_main
-from station.core import synth
-from station.core.audit import AuditLog
+from station.app.cli import main as cli_main
+from station.core.synth import bags as synth
+from station.core.triage.audit import AuditLog
 from station.core.config import Settings
-from station.core.dicos import Algorithm, Pto, read_tdr, scan_ref_from_volume, write_machine_tdr
-from station.core.sopclasses import DICOS_TDR
-from station.core.volume import load_volume
+from station.core.dicos.tdr import Algorithm, Pto, read_tdr, scan_ref_from_volume, write_machine_tdr
+from station.core.dicom.sopclasses import DICOS_TDR
+from station.core.imaging.volume import load_volume
 from station.ui.main_window import MainWindow
-from station.ui.triage import CheatSheet, SignInDialog, ask_operator
+from station.ui.triage.controller import CheatSheet, SignInDialog, ask_operator
 
 N_SCANS = 20
 ALARMED = {1, 4, 7, 10, 13, 16}  # ATR ALARM with one PTO

@@ -1,0 +1,196 @@
+"""Runs the station's detectors on every CT scan once it has arrived, and stores the result.
+
+Where it runs: in the process that owns the receiver (``station serve``, which is also
+the GUI's receiver child), so scans are examined whether or not a GUI is open. Detection
+itself runs in a process pool (spawned workers): never on a receiver thread, never on the
+GUI thread. The outcome is a DICOS machine TDR written into the store like any received
+instance; its ``InstanceStored`` event reaches the GUI, which turns TDRs into alerts
+(``station.core.triage.alerts``). A scanner's own TDRs take exactly the same path.
+
+A scan is complete when a multi-frame instance arrives (all its frames are in it) or when
+no new instance of a classic series has arrived for ``quiet_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import tempfile
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from station.core.detection.detectors import Detector, DetectionRun, DensityDetector, run_detectors_in_pool
+from station.core.detection.detectors import detectors as registered_detectors
+from station.core.dicos.tdr import Algorithm, write_machine_tdr
+from station.core.events import EventBus, InstanceStored
+from station.core.hooks.runner import ScanTracker
+from station.core.priority import lower_priority
+from station.core.dicom.sopclasses import DICOS_TDR
+from station.core.store.store import Store, StoreError
+
+LOGGER = logging.getLogger(__name__)
+
+# Image storage classes the detector can examine (CT, Enhanced CT, DICOS CT).
+CT_SOP_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.2",
+    "1.2.840.10008.5.1.4.1.1.2.1",
+    "1.2.840.10008.5.1.4.1.1.501.1",
+})
+
+
+@dataclass
+class DetectionStats:
+    """Counters for the status bar and the closing report."""
+
+    scans_examined: int = 0
+    alarms: int = 0
+    failures: int = 0
+    last_latency_s: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+class DetectionService:
+    """Watches the bus for CT instances, detects on complete scans, stores machine TDRs.
+
+    ``on_event`` runs on receiver threads (it only records arrival times). A watcher
+    thread decides when scans are complete and submits them; pool callbacks write the
+    TDR and publish it. ``stop()`` from the owner's thread.
+    """
+
+    def __init__(self, store: Store, bus: EventBus, *, quiet_s: float = 2.0,
+                 detectors: list[Detector] | None = None, workers: int = 1) -> None:
+        self.store = store
+        self.bus = bus
+        self.quiet_s = quiet_s
+        # Default: every registered detector (the built-in one plus any a hook script
+        # registered), as they are when the service starts.
+        self.detectors = detectors or registered_detectors() or [DensityDetector()]
+        self.workers = workers
+        self.stats = DetectionStats()
+        self._lock = threading.Lock()
+        # The same notion of "complete" as hooks and routing (station.core.hooks.runner).
+        self._tracker = ScanTracker(quiet_s)
+        self._running: set[str] = set()
+        self._again: set[str] = set()  # completed again while its detection was running
+        self._examined: dict[str, tuple[int, int]] = {}  # series -> (instances, bytes) last examined
+        self._pool: ProcessPoolExecutor | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._unsubscribe = None
+        self._futures: set[Future[DetectionRun]] = set()
+
+    def start(self) -> None:
+        self._unsubscribe = self.bus.subscribe(self.on_event)
+        self._thread = threading.Thread(target=self._watch, name="detection-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop watching; let running detections finish (up to `timeout`), then shut the pool."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        deadline = time.monotonic() + timeout
+        for future in list(self._futures):
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                future.result(remaining)
+            except Exception:  # already logged by the callback
+                pass
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    # -- receiver threads -------------------------------------------------------------------
+
+    def on_event(self, event: object) -> None:
+        if isinstance(event, InstanceStored) and event.sop_class_uid in CT_SOP_CLASSES:
+            self._tracker.add(event)
+
+    # -- watcher thread -----------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.2):
+            ready: list[str] = []
+            with self._lock:
+                for scan in self._tracker.pop_due():
+                    if scan.series_uid in self._running:
+                        self._again.add(scan.series_uid)  # more slices arrived while it ran
+                    else:
+                        self._running.add(scan.series_uid)
+                        ready.append(scan.series_uid)
+            for uid in ready:
+                self._submit(uid)
+
+    def _submit(self, series_uid: str) -> None:
+        instances = self.store.instances(series_uid)
+        paths = [str(i.path) for i in instances]
+        # A scanner that sends the same scan again (same instances, same bytes) gets no
+        # second report: it would only duplicate every alert of that scan.
+        snapshot = (len(instances), sum(i.bytes for i in instances))
+        if not paths or self._examined.get(series_uid) == snapshot:
+            with self._lock:
+                self._running.discard(series_uid)
+            return
+        self._examined[series_uid] = snapshot
+        if self._pool is None:
+            # Spawned workers: forking a process that runs receiver threads is unsafe.
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=lower_priority)
+        started = time.monotonic()
+        future = run_detectors_in_pool(self._pool, paths, detector_list=self.detectors)
+        self._futures.add(future)
+        future.add_done_callback(lambda f: self._done(series_uid, started, f))
+
+    # -- pool callback thread ------------------------------------------------------------------
+
+    def _done(self, series_uid: str, started: float, future: Future[DetectionRun]) -> None:
+        self._futures.discard(future)
+        try:
+            run = future.result()
+            detections = [d for r in run.results if not r.error for d in r.detections]
+            failed = [f"{r.name}: {r.error}" for r in run.results if r.error]
+            if failed:
+                raise RuntimeError("; ".join(failed))
+            if run.scan is None:
+                raise RuntimeError("the scan's identity could not be read")
+            names = "+".join(d.name for d in self.detectors)
+            versions = "+".join(d.version for d in self.detectors)
+            parameters = tuple(p for d in self.detectors for p in getattr(d, "parameters", list)())
+            with tempfile.TemporaryDirectory(prefix="station-tdr-") as tmp:
+                out = Path(tmp) / "tdr.dcm"
+                tdr = write_machine_tdr(
+                    detections, out, scan=run.scan,
+                    algorithm=Algorithm(names, versions, parameters),
+                    processing_ms=(time.monotonic() - started) * 1000.0,
+                )
+                stored = self.store.ingest([out.read_bytes()], source="station-detector")
+            assert stored.sop_class_uid == DICOS_TDR
+            self.stats.scans_examined += 1
+            self.stats.alarms += int(tdr.alarm_decision == "ALARM")
+            self.stats.last_latency_s = time.monotonic() - started
+            LOGGER.info("detector examined %s: %s, %d object(s), %.2f s", series_uid, tdr.alarm_decision,
+                        len(detections), self.stats.last_latency_s)
+            self.bus.publish(stored)
+        except (StoreError, OSError, RuntimeError, ValueError) as exc:
+            self.stats.failures += 1
+            self.stats.errors.append(f"{series_uid}: {exc}")
+            LOGGER.error("detection of series %s failed: %s", series_uid, exc)
+        except Exception:  # a worker crash must not kill the callback thread silently
+            self.stats.failures += 1
+            LOGGER.exception("detection of series %s failed", series_uid)
+        finally:
+            with self._lock:
+                self._running.discard(series_uid)
+                again = series_uid in self._again
+                self._again.discard(series_uid)
+                if again:
+                    self._running.add(series_uid)
+            if again and not self._stop.is_set():
+                self._submit(series_uid)  # examine the whole scan again, now with its late slices

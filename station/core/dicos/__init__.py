@@ -1,0 +1,1 @@
+"""NEMA DICOS objects: Threat Detection Reports (read, write, inspect)."""

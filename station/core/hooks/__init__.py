@@ -1,0 +1,1 @@
+"""Scripting hooks: site scripts subscribe to station events and register detectors."""

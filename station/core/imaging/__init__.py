@@ -1,0 +1,1 @@
+"""Images as geometry: volumes that grow while a scan arrives, reslicing (MPR), materials."""

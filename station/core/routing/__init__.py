@@ -1,0 +1,1 @@
+"""Routing state: the persistent outbox of forwarding jobs."""

@@ -1,0 +1,1 @@
+"""Synthetic scans: packed bags with planted threats (CT, DX) and a clinical phantom."""

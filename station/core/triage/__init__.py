@@ -1,0 +1,1 @@
+"""Triage: the decision queue, alerts from TDRs, the audit log and shift reports."""

@@ -1,0 +1,237 @@
+"""Alerts: what the alert panel lists, derived from the TDRs in the store.
+
+Every machine TDR in the store (from a scanner's ATR, or written by the station's own
+detector) contributes one alert per potential threat object it flags; a machine TDR that
+says ALARM without any PTO contributes one scan-level alert. An alert is resolved once an
+operator TDR referencing its machine TDR is in the store: decisions are TDRs too, so the
+state survives restarts and travels with the scan. No Qt: the alert panel (ui) shows an
+``AlertBook`` and asks it to record decisions.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from station.core.dicos.tdr import DicosError, Tdr, read_tdr, write_operator_tdr
+from station.core.dicom.sopclasses import DICOS_TDR
+from station.core.store.store import Store
+
+LOGGER = logging.getLogger(__name__)
+
+SEVERITY_RANK = {"HIGH_THREAT": 0, "THREAT": 1, "ANOMALY": 2, "UNKNOWN": 3, "NO_THREAT": 4}
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alarm object (or a scan-level alarm) as the alert panel shows it."""
+
+    key: str  # "<machine TDR UID>#<PTO id>" (or "#scan")
+    tdr_uid: str
+    study_uid: str
+    series_uid: str | None  # the image series it marks, once known in the store
+    patient_id: str
+    pto_id: int | None
+    severity: str  # HIGH_THREAT, THREAT, ANOMALY, UNKNOWN
+    category: str
+    probability: float | None
+    source: str  # e.g. "ATR Vendor X 2.1" or "station detector density 1.0"
+    from_station: bool
+    raised_at: float  # seconds since the epoch
+    base: tuple[float, float, float] | None  # voxel (x, y, z) of the marked image
+    extent: tuple[float, float, float] | None
+
+    @property
+    def center(self) -> tuple[float, float, float] | None:
+        if self.base is None or self.extent is None:
+            return None
+        return tuple(b + e / 2.0 for b, e in zip(self.base, self.extent))  # type: ignore[return-value]
+
+
+def _source(tdr: Tdr) -> tuple[str, bool]:
+    """Who raised it: ("<vendor> <version>", False) for a scanner's ATR, or
+    ("station detector: <name> <version>", True) for the station's own detectors."""
+    algorithm = tdr.algorithm
+    if algorithm is None:
+        return "scanner ATR", False
+    text = " ".join(v for v in (algorithm.vendor, algorithm.version) if v)
+    if algorithm.vendor.lower().startswith("station"):
+        return f"station detector: {text}", True
+    return text, False
+
+
+def alerts_of(tdr: Tdr, series_uid: str | None, received_at: float) -> list[Alert]:
+    """The alerts one machine TDR raises (none for a CLEAR machine TDR or an operator TDR)."""
+    if tdr.tdr_type != "MACHINE" or not tdr.is_alarm:
+        return []
+    source, from_station = _source(tdr)
+    raised = tdr.alarm_decision_time.timestamp() if tdr.alarm_decision_time else received_at
+    alerts = []
+    for pto in tdr.ptos:
+        if pto.severity == "NO_THREAT":
+            continue
+        alerts.append(Alert(
+            key=f"{tdr.sop_instance_uid}#{pto.id}", tdr_uid=tdr.sop_instance_uid, study_uid=tdr.scan_study_uid,
+            series_uid=series_uid, patient_id=tdr.ooi_id, pto_id=pto.id, severity=pto.severity,
+            category=pto.category, probability=pto.probability, source=source, from_station=from_station,
+            raised_at=raised, base=tuple(pto.base), extent=tuple(pto.extent),  # type: ignore[arg-type]
+        ))
+    if not alerts:
+        alerts.append(Alert(
+            key=f"{tdr.sop_instance_uid}#scan", tdr_uid=tdr.sop_instance_uid, study_uid=tdr.scan_study_uid,
+            series_uid=series_uid, patient_id=tdr.ooi_id, pto_id=None, severity="UNKNOWN", category="OTHER",
+            probability=None, source=source, from_station=from_station, raised_at=raised, base=None, extent=None,
+        ))
+    return alerts
+
+
+class AlertBook:
+    """Every alert in the store and which are resolved. GUI thread (or any single thread).
+
+    ``add_tdr`` is called for each TDR instance as it is stored (from ``InstanceStored``);
+    ``load`` reads them all at start. ``record_decision`` writes an operator TDR into the
+    store and resolves the machine TDRs of that scan.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._alerts: dict[str, Alert] = {}
+        self._machine: dict[str, Tdr] = {}  # machine TDR UID -> TDR
+        self._resolved: dict[str, str] = {}  # machine TDR UID -> operator decision
+        self.errors: list[str] = []
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def load(self) -> int:
+        """Read every TDR in the store; return how many alerts there are."""
+        for row in self.store.instances_of_class(DICOS_TDR):
+            self.add_tdr(row.path, received_at=row.received_at)
+        return len(self._alerts)
+
+    def add_tdr(self, path: str | Path, *, received_at: float | None = None) -> list[Alert]:
+        """Take in one stored TDR; return the new alerts it raised (resolutions apply too)."""
+        try:
+            tdr = read_tdr(path)
+        except DicosError as exc:
+            # A malformed TDR is named and skipped: it must not affect anything else.
+            LOGGER.error("%s", exc)
+            self.errors.append(str(exc))
+            return []
+        with self._lock:
+            if tdr.tdr_type == "OPERATOR":
+                for ref in tdr.referenced_tdrs:
+                    self._resolved[ref.sop_instance_uid] = tdr.operator_decision or "CLEAR"
+                return []
+            if tdr.tdr_type != "MACHINE":
+                return []
+            self._machine[tdr.sop_instance_uid] = tdr
+        new = alerts_of(tdr, self._series_for(tdr), received_at or time.time())
+        with self._lock:
+            fresh = [a for a in new if a.key not in self._alerts]
+            for alert in new:
+                self._alerts[alert.key] = alert
+        return fresh
+
+    def _series_for(self, tdr: Tdr) -> str | None:
+        """The image series a TDR marks: from its PTOs' referenced instances, else its study."""
+        for pto in tdr.ptos:
+            ref = pto.referenced_instance
+            if ref is not None:
+                series = self.store.series_of_instance(ref.sop_instance_uid)
+                if series:
+                    return series
+        for ref in tdr.referenced_instances:
+            series = self.store.series_of_instance(ref.sop_instance_uid)
+            if series:
+                return series
+        images = [r for r in self.store.series_list()
+                  if r.study_uid == tdr.scan_study_uid and r.modality not in ("TDR", "SR", "PR")]
+        return images[0].series_uid if images else None
+
+    def refresh_series(self) -> None:
+        """Attach alerts whose scan arrived after their TDR."""
+        with self._lock:
+            unattached = [a for a in self._alerts.values() if a.series_uid is None]
+        for alert in unattached:
+            tdr = self._machine.get(alert.tdr_uid)
+            series = self._series_for(tdr) if tdr is not None else None
+            if series:
+                with self._lock:
+                    self._alerts[alert.key] = _replace_series(alert, series)
+
+    def alerts(self) -> list[Alert]:
+        """All alerts: unresolved first, then by severity, newest first."""
+        with self._lock:
+            items = list(self._alerts.values())
+        return sorted(items, key=lambda a: (self.is_resolved(a), SEVERITY_RANK.get(a.severity, 9), -a.raised_at))
+
+    def for_series(self, series_uid: str) -> list[Alert]:
+        return [a for a in self.alerts() if a.series_uid == series_uid]
+
+    def is_resolved(self, alert: Alert) -> bool:
+        return alert.tdr_uid in self._resolved
+
+    def decision_for(self, alert: Alert) -> str | None:
+        return self._resolved.get(alert.tdr_uid)
+
+    def unresolved(self) -> list[Alert]:
+        return [a for a in self.alerts() if not self.is_resolved(a)]
+
+    def atr_verdict(self, series_uid: str) -> str | None:
+        """What the machine TDRs of a scan say: ALARM if any alarms, CLEAR if all clear,
+        None when no machine TDR of it is known (triage: what Enter accepts)."""
+        with self._lock:
+            if any(a.series_uid == series_uid for a in self._alerts.values()):
+                return "ALARM"
+            machines = list(self._machine.values())
+        for tdr in machines:
+            if tdr.alarm_decision == "CLEAR" and self._series_for(tdr) == series_uid:
+                return "CLEAR"
+        return None
+
+    def has_machine_tdr(self, series_uid: str) -> bool:
+        with self._lock:
+            return any(a.series_uid == series_uid for a in self._alerts.values())
+
+    def reopen(self, series_uid: str) -> None:
+        """An undone decision: the scan's alarms are unresolved again (the operator TDRs
+        already written stay in the store; the next decision writes new ones)."""
+        with self._lock:
+            for alert in self._alerts.values():
+                if alert.series_uid == series_uid:
+                    self._resolved.pop(alert.tdr_uid, None)
+
+    # -- deciding -------------------------------------------------------------------------------
+
+    def record_decision(self, series_uid: str, decision: str, operator: str, *,
+                        pto_marks: dict[int, str] | None = None, note: str = "") -> list[str]:
+        """Write an operator TDR for every unresolved machine TDR of the scan; store them.
+
+        Returns the stored operator TDRs' SOP instance UIDs. Raises ValueError for a bad
+        decision or operator, StoreError if the store refuses.
+        """
+        with self._lock:
+            targets = sorted({a.tdr_uid for a in self._alerts.values()
+                              if a.series_uid == series_uid and a.tdr_uid not in self._resolved})
+        written: list[str] = []
+        for tdr_uid in targets:
+            machine = self._machine[tdr_uid]
+            with tempfile.TemporaryDirectory(prefix="station-decision-") as tmp:
+                out = Path(tmp) / "operator_tdr.dcm"
+                tdr = write_operator_tdr(machine, decision, operator, out, pto_marks=pto_marks, note=note)
+                self.store.ingest([out.read_bytes()], source=f"operator {operator}")
+            with self._lock:
+                self._resolved[tdr_uid] = decision.upper()
+            written.append(tdr.sop_instance_uid)
+        return written
+
+
+def _replace_series(alert: Alert, series_uid: str) -> Alert:
+    from dataclasses import replace
+
+    return replace(alert, series_uid=series_uid)

@@ -1,0 +1,1 @@
+"""DICOMweb client: QIDO-RS, WADO-RS metadata and frames, STOW-RS."""

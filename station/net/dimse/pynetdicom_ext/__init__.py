@@ -1,0 +1,1 @@
+"""The station's changes to pynetdicom, quarantined here and checked against the pinned version."""

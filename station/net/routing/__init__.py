@@ -1,0 +1,1 @@
+"""Auto-routing: forwarding complete scans to remotes."""

@@ -1,0 +1,1 @@
+"""The cache browser: local and remote scans, searchable as you type."""

@@ -1,0 +1,1 @@
+"""Keyboard triage: decision keys, the alert panel, sign-in and shift statistics."""

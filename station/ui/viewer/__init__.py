@@ -1,0 +1,1 @@
+"""The slice viewer: panes, colour maps and what the analyst does in them."""
