@@ -314,7 +314,7 @@ def cmd_volume(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from station.core.dicos.tdr import inspect_main
+    from station.core.dicos import inspect_main
 
     results = inspect_main(args.paths)
     if args.json:
@@ -346,7 +346,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_tdr_operator(args: argparse.Namespace) -> int:
-    from station.core.dicos.tdr import DicosError, operator_tdr_main
+    from station.core.dicos import DicosError, operator_tdr_main
 
     try:
         summary = operator_tdr_main(args.machine_tdr, args.decision, args.operator, args.out)

@@ -273,7 +273,7 @@ class Services:
         self._reports_seen[open_scan.key] = None
         if len(self._reports_seen) > 10000:
             self._reports_seen.popitem(last=False)
-        from station.core.dicos.tdr import DicosError, read_tdr
+        from station.core.dicos import DicosError, read_tdr
 
         study_uid, changed = open_scan.study_uid, False
         event: AlertRaised | DecisionRecorded | None = None

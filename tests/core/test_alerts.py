@@ -11,7 +11,7 @@ from station.core.synth import bags as synth
 from station.core.triage.alerts import AlertBook
 from station.core.detection.detectors import DensityDetector
 from station.core.detection.service import DetectionService
-from station.core.dicos.tdr import Algorithm, Pto, read_tdr, scan_ref_from_volume, write_machine_tdr
+from station.core.dicos import Algorithm, Pto, read_tdr, scan_ref_from_volume, write_machine_tdr
 from station.core.events import EventBus, InstanceStored
 from station.core.dicom.sopclasses import DICOS_TDR
 from station.core.imaging.volume import load_volume

@@ -34,7 +34,7 @@ from station.core.detection.detectors import (
     run_detectors_in_pool,
     unregister_detector,
 )
-from station.core.dicos.tdr import Algorithm, ScanRef, read_tdr, write_machine_tdr, write_operator_tdr
+from station.core.dicos import Algorithm, ScanRef, read_tdr, write_machine_tdr, write_operator_tdr
 from station.core.synth.bags import THREAT_DENSITY_RANGE, make_bag_volume, write_ct_series, write_dx
 from station.core.imaging.volume import load_volume
 

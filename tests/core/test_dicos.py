@@ -1,4 +1,4 @@
-"""Tests for station.core.dicos.tdr: TDR round trips, operator TDRs, vendor quirks, malformed
+"""Tests for station.core.dicos: TDR round trips, operator TDRs, vendor quirks, malformed
 files, and ``station inspect``'s per-file objects."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import DICOSCTImageStorage, ImplicitVRLittleEndian
 
-from station.core.dicos import tdr as dicos
-from station.core.dicos.tdr import (
+import station.core.dicos as dicos
+from station.core.dicos import (
     Algorithm,
     Pto,
     ReferencedInstance,

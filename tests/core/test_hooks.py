@@ -23,7 +23,7 @@ import pytest
 
 from station.core.detection import detectors as detect
 from station.core.config import ConfigError, load_settings
-from station.core.dicos.tdr import Algorithm, Pto, ScanRef, write_machine_tdr, write_operator_tdr
+from station.core.dicos import Algorithm, Pto, ScanRef, write_machine_tdr, write_operator_tdr
 from station.core.events import EventBus, InstanceStored
 from station.core.hooks.runner import (
     AlertRaised,

@@ -6,7 +6,7 @@ import time
 
 from station.core.synth import bags as synth
 from station.core.config import StoreSettings
-from station.core.dicos.tdr import Algorithm, Pto, scan_ref_from_volume, write_machine_tdr
+from station.core.dicos import Algorithm, Pto, scan_ref_from_volume, write_machine_tdr
 from station.core.store.maintenance import StoreMaintenance
 from station.core.imaging.volume import load_volume
 from tests.dicom_factory import make_ct_files

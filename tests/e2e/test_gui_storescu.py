@@ -84,7 +84,7 @@ def test_dicos_multiframe_ct_shows_every_frame(station, qtbot, tmp_path, dcmtk_e
 
 
 def test_a_scanner_tdr_sent_by_storescu_becomes_an_alert_on_its_scan(station, qtbot, tmp_path, dcmtk_env):
-    from station.core.dicos.tdr import Algorithm, Pto, read_tdr, scan_ref_from_volume, write_machine_tdr
+    from station.core.dicos import Algorithm, Pto, read_tdr, scan_ref_from_volume, write_machine_tdr
     from station.core.dicom.sopclasses import DICOS_TDR
     from station.core.imaging.volume import load_volume
 

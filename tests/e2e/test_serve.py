@@ -72,7 +72,7 @@ def test_bag_sent_by_storescu_is_stored_whole_and_in_order(tmp_path, free_port, 
     assert report["study_uid"] == series["study_uid"]
     (tdr_file,) = [p for p in (tmp_path / "store" / "objects").rglob("*.dcm")
                    if pydicom.dcmread(p, stop_before_pixels=True).Modality == "TDR"]
-    from station.core.dicos.tdr import read_tdr
+    from station.core.dicos import read_tdr
 
     tdr = read_tdr(tdr_file)
     assert tdr.tdr_type == "MACHINE" and tdr.alarm_decision == "ALARM"

@@ -8,7 +8,7 @@ from PySide6.QtCore import Qt
 
 from station.core.synth import bags as synth
 from station.core.triage.alerts import AlertBook
-from station.core.dicos.tdr import Algorithm, Pto, scan_ref_from_volume, write_machine_tdr
+from station.core.dicos import Algorithm, Pto, scan_ref_from_volume, write_machine_tdr
 from station.core.imaging.volume import load_volume
 from station.ui.triage.alert_panel import SEVERITY_COLOURS, AlertPanel
 

@@ -17,7 +17,7 @@ from station.app.cli import main as cli_main
 from station.core.synth import bags as synth
 from station.core.triage.audit import AuditLog
 from station.core.config import Settings
-from station.core.dicos.tdr import Algorithm, Pto, read_tdr, scan_ref_from_volume, write_machine_tdr
+from station.core.dicos import Algorithm, Pto, read_tdr, scan_ref_from_volume, write_machine_tdr
 from station.core.dicom.sopclasses import DICOS_TDR
 from station.core.imaging.volume import load_volume
 from station.ui.main_window import MainWindow

@@ -3,7 +3,7 @@ runner, and the detection benchmark.
 
 A detector looks at one CT volume and returns ``Detection`` objects (a voxel box, optional
 polygon and bitmap, mass/density/volume estimates and an assessment); the station turns
-them into alerts and into a machine TDR (``station.core.dicos.tdr.write_machine_tdr``).
+them into alerts and into a machine TDR (``station.core.dicos.write_machine_tdr``).
 
 The built-in ``DensityDetector`` looks for compact objects in the density band of common
 explosives (about 1.40-1.70 g/cm^3, i.e. 1400-1700 MHU): threshold, morphological
@@ -42,7 +42,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from scipy import ndimage
 
-from station.core.dicos.tdr import Algorithm, Pto, ScanRef, scan_ref_from_volume, write_machine_tdr
+from station.core.dicos import Algorithm, Pto, ScanRef, scan_ref_from_volume, write_machine_tdr
 
 LOGGER = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Detection:
     (first voxel, voxel counts), as DICOS ThreatROIBase/Extents. ``flag``: HIGH_THREAT,
     THREAT or ANOMALY (ANOMALY becomes ATDAssessmentFlag UNKNOWN with category ANOMALY in
     a TDR). ``bitmap``: the object's voxels inside the box, packed as
-    ``station.core.dicos.tdr`` documents (x fastest, LSB first). ``polygon``: flat x, y, z list.
+    ``station.core.dicos`` documents (x fastest, LSB first). ``polygon``: flat x, y, z list.
     Mass in g, density in g/cm^3, volume in ml. ``probability`` is a heuristic score in
     [0, 1], not a calibrated probability.
     """

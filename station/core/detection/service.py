@@ -24,7 +24,7 @@ from pathlib import Path
 
 from station.core.detection.detectors import Detector, DetectionRun, DensityDetector, run_detectors_in_pool
 from station.core.detection.detectors import detectors as registered_detectors
-from station.core.dicos.tdr import Algorithm, write_machine_tdr
+from station.core.dicos import Algorithm, write_machine_tdr
 from station.core.events import EventBus, InstanceStored
 from station.core.hooks.runner import ScanTracker
 from station.core.priority import lower_priority

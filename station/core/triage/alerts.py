@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from station.core.dicos.tdr import DicosError, Tdr, read_tdr, write_operator_tdr
+from station.core.dicos import DicosError, Tdr, read_tdr, write_operator_tdr
 from station.core.dicom.sopclasses import DICOS_TDR
 from station.core.store.store import Store
 
