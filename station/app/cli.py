@@ -314,6 +314,8 @@ def cmd_volume(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if args.validate:
+        return _validate(args)
     from station.core.dicos import inspect_main
 
     results = inspect_main(args.paths)
@@ -326,6 +328,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if "error" in r:
             print(f"station inspect: {r.get('path')}: {r['error']}", file=sys.stderr)
     return 1 if any("error" in r for r in results) else 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    """station inspect --validate: the NEMA DICOS toolkit's verdict on each file; exit 1
+    when any file is refused, 2 when the toolkit is not installed."""
+    from station.core.dicos.validate import ToolkitMissing, validate_main
+
+    try:
+        results = validate_main(args.paths)
+    except ToolkitMissing as exc:
+        print(f"station inspect: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(results, indent=1))
+    for r in results:
+        if not args.json:
+            verdict = {True: "valid", False: "REFUSED", None: "not validated"}[r["valid"]]
+            print(f"{r['path']}: {verdict} ({r.get('sop_class_name') or r.get('sop_class_uid') or '?'})")
+            for e in r["errors"]:
+                print(f"  error: {e}")
+            for w in r["warnings"]:
+                print(f"  warning: {w}")
+    return 1 if any(r["valid"] is False for r in results) else 0
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -480,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", parents=[common], help="what a DICOM/DICOS file holds (images, TDRs)")
     p.add_argument("paths", nargs="+", metavar="FILE")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--validate", action="store_true",
+                   help="check DICOS objects with the NEMA DICOS toolkit's reader (pydicos)")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("detect", parents=[common], help="run the built-in threat detector on a CT scan")

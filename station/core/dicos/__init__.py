@@ -33,9 +33,14 @@ Conventions
   ``PTOProcessingEndTime`` and ``PTOTotalProcessingTime``, with the VRs the DICOS
   toolkits use. The code addresses them by tag, so a future pydicom that names them
   differently changes nothing.
-* The operator's decision word (CLEAR / SUSPECT / THREAT) and free-text note have no DICOS
-  attribute; they go in a private block (group 0011, creator "INSPECTION STATION"), which
-  other readers ignore. ``Tdr.operator_decision`` falls back to the flags when it is absent.
+* The operator's decision is carried in standard attributes, as any DICOS reader sees it:
+  CLEAR = AlarmDecision CLEAR; THREAT = ALARM with a PTO flagged (HIGH_)THREAT; SUSPECT =
+  ALARM with the PTOs UNKNOWN (unresolved: search the bag). Only an alarm with no PTO at all
+  cannot say which, and the free-text note has no DICOS attribute: those two go in a private
+  block (group 0011, creator "INSPECTION STATION"), which other readers ignore.
+* Every object is written so that the NEMA DICOS toolkit's reader (``pydicos``) accepts it:
+  DICOS version, General Equipment and OOI identity come from ``site.Site`` (``[site]``
+  settings); ``validate`` runs the toolkit's reader for ``station inspect --validate``.
 
 Threads: every function here is pure file or dataset work with no shared state (the
 dictionary registration runs once at import), so any thread or worker process may call

@@ -36,6 +36,8 @@ _TDR_TYPE_ALIASES = {"GROUND TRUTH": "GROUND_TRUTH"}
 _ABORT_REASON_ALIASES = {"UNKNOWN_DATATYPE": "UNKNOWN_DATA_TYPE"}
 
 DICOS_VERSION = "V03"
+"""DICOS version written in (0002,0004) and (4010,103A); the toolkit reads V02, V02A and V03."""
+IMAGE_SCALE_REPRESENTATION = 0x40101075  # (4010,1075), written as FD (see writer)
 MANUFACTURER = "Inspection Station"
 # Referenced SOP class for items of ReferencedStudySequence: Detached Study Management
 # (retired as a service, but still the conventional class of a reference to a study by
@@ -241,8 +243,11 @@ class Tdr:
     ooi_id: str = ""
     ooi_id_type: str = ""
     ooi_type: str = ""
+    ooi_id_issuer: str = ""
+    scan_id: str = ""
     study_uid: str = ""
     series_uid: str = ""
+    frame_of_reference_uid: str = ""
     referenced_study_uids: tuple[str, ...] = ()
     referenced_series: dict[str, tuple[str, ...]] = field(default_factory=dict)
     referenced_instances: tuple[ReferencedInstance, ...] = ()
@@ -273,16 +278,20 @@ class Tdr:
 
     @property
     def operator_decision(self) -> str | None:
-        """CLEAR / SUSPECT / THREAT for operator TDRs (None otherwise). Written by this
-        station in a private attribute; for other writers derived from the flags: CLEAR
-        without alarm, THREAT if a PTO is flagged (HIGH_)THREAT, else SUSPECT."""
+        """CLEAR / SUSPECT / THREAT for operator TDRs (None otherwise), from the standard
+        attributes, as any DICOS reader sees it: CLEAR without alarm, THREAT if a PTO is
+        flagged (HIGH_)THREAT, else SUSPECT (the PTOs are UNKNOWN: search the bag). Only an
+        alarm with no PTO at all cannot say which; there the station's private attribute
+        decides (written only in that case), else SUSPECT."""
         if self.tdr_type != "OPERATOR":
             return None
-        if self.recorded_decision in OPERATOR_DECISIONS:
-            return self.recorded_decision
         if self.alarm_decision != "ALARM":
             return "CLEAR"
-        return "THREAT" if any(p.flag in ("HIGH_THREAT", "THREAT") for p in self.ptos) else "SUSPECT"
+        if any(p.flag in ("HIGH_THREAT", "THREAT") for p in self.ptos):
+            return "THREAT"
+        if not self.ptos and self.recorded_decision in OPERATOR_DECISIONS:
+            return self.recorded_decision
+        return "SUSPECT"
 
     def pto(self, pto_id: int) -> Pto:
         """The PTO with this ID (KeyError if none)."""
@@ -347,6 +356,8 @@ class ScanRef:
     frame_of_reference_uid: str = ""
     study_date: str = ""
     study_time: str = ""
+    ooi_id_issuer: str = ""
+    scan_id: str = ""
 
     @property
     def instance_uids(self) -> tuple[str, ...]:

@@ -199,16 +199,23 @@ def _open_dataset(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
         raise DicosError(f"{path}: not a DICOM file ({exc})") from exc
     except Exception as exc:  # pydicom's failures on malformed input are not enumerable
         raise DicosError(f"{path}: malformed or truncated DICOM file: {exc!r}") from exc
+    end: int | None = 0  # where the last element ends (None: undefined length)
     for elem in ds.elements():
         tell = getattr(elem, "value_tell", None)
         length = getattr(elem, "length", None)
         if tell is None or length is None or length == 0xFFFFFFFF:
+            end = None
             continue
         if tell + length > size:
             raise DicosError(
                 f"{path}: truncated file: {_tag_name(int(elem.tag))} needs {length} bytes at "
                 f"offset {tell}, the file ends at {size}"
             )
+        end = tell + length
+    if end and not stop_before_pixels and end < size:
+        # pydicom stops without a word when the file ends inside an element's header.
+        raise DicosError(f"{path}: truncated file: {size - end} bytes after the last complete "
+                         f"element cannot be read")
     return ds
 
 
@@ -329,8 +336,11 @@ def _parse_tdr(ds: Dataset, r: _Reader, path: Path | None) -> Tdr:
         ooi_id=r.text(ds, "PatientID"),
         ooi_id_type=r.text(ds, "TypeOfPatientID"),
         ooi_type=r.text(ds, "OOIType"),
+        ooi_id_issuer=r.text(ds, "IssuerOfPatientID"),
+        scan_id=r.text(ds, "StudyID"),
         study_uid=r.text(ds, "StudyInstanceUID"),
         series_uid=r.text(ds, "SeriesInstanceUID"),
+        frame_of_reference_uid=r.text(ds, "FrameOfReferenceUID"),
         referenced_study_uids=tuple(
             x.sop_instance_uid for x in r.referenced(r.seq(ds, "ReferencedStudySequence"), "")
         ),

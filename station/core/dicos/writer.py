@@ -7,7 +7,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,12 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian,
 
 from station.core.dicom.sopclasses import DICOS_TDR
 
+from station.core.dicos.site import DEFAULT_SITE, Site, set_dicos_common
 from station.core.dicos.model import (
     ABORT_REASONS,
     ASSESSMENT_FLAGS,
     Algorithm,
-    DICOS_VERSION,
+    IMAGE_SCALE_REPRESENTATION,
     DicosError,
     MANUFACTURER,
     OPERATOR_DECISIONS,
@@ -42,6 +43,9 @@ from station.core.dicos.model import (
 )
 from station.core.dicos.reader import _Reader, read_tdr, tdr_from_dataset
 
+# Local coding scheme of the station's operator IDs (DICOM "99" private schemes).
+OPERATOR_CODING_SCHEME = "99ISTATION"
+
 LOGGER = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- writing
@@ -57,6 +61,7 @@ def scan_ref_from_volume(volume: Any) -> ScanRef:
         ds = pydicom.dcmread(first, stop_before_pixels=True, specific_tags=[
             "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "PatientID", "PatientName",
             "TypeOfPatientID", "OOIType", "FrameOfReferenceUID", "StudyDate", "StudyTime",
+            "IssuerOfPatientID", "StudyID",
         ])
     except Exception as exc:
         raise DicosError(f"{first}: cannot read the scan header: {exc!r}") from exc
@@ -73,6 +78,8 @@ def scan_ref_from_volume(volume: Any) -> ScanRef:
         frame_of_reference_uid=r.text(ds, "FrameOfReferenceUID"),
         study_date=r.text(ds, "StudyDate"),
         study_time=r.text(ds, "StudyTime"),
+        ooi_id_issuer=r.text(ds, "IssuerOfPatientID"),
+        scan_id=r.text(ds, "StudyID"),
     )
 
 
@@ -108,15 +115,20 @@ def _new_dataset(sop_uid: str, now: datetime) -> Dataset:
 
 def _set_ooi_and_scan(ds: Dataset, *, patient_id: str, patient_name: str, ooi_id_type: str,
                       ooi_type: str, study_uid: str, study_date: str, study_time: str,
-                      frame_uid: str, now: datetime) -> None:
+                      frame_uid: str, now: datetime, issuer: str = "", scan_id: str = "") -> None:
+    """OOI, scan (study) and frame of reference, copied from the scan: a TDR for a
+    vendor's scan keeps the vendor's OOI ID, assigning authority, Scan ID and UIDs."""
     ds.PatientID = patient_id
     ds.PatientName = patient_name
+    if issuer:
+        ds.IssuerOfPatientID = issuer
+    ds.PatientSex = "U"
     ds.TypeOfPatientID = ooi_id_type or "TEXT"
     ds.OOIType = ooi_type or "BAGGAGE"
     ds.StudyInstanceUID = UID(study_uid)
     ds.StudyDate = study_date or now.strftime("%Y%m%d")
     ds.StudyTime = study_time or now.strftime("%H%M%S")
-    ds.StudyID = ""
+    ds.StudyID = scan_id[:16]
     ds.AccessionNumber = ""
     ds.ReferringPhysicianName = ""
     ds.ScanType = "OPERATIONAL"
@@ -124,8 +136,9 @@ def _set_ooi_and_scan(ds: Dataset, *, patient_id: str, patient_name: str, ooi_id
     ref.ReferencedSOPClassUID = _STUDY_REFERENCE_CLASS
     ref.ReferencedSOPInstanceUID = UID(study_uid)
     ds.ReferencedStudySequence = DicomSequence([ref])
-    if frame_uid:
-        ds.FrameOfReferenceUID = UID(frame_uid)
+    # The toolkit requires a frame of reference in every TDR: the scan's, else a new one.
+    ds.FrameOfReferenceUID = UID(frame_uid or generate_uid())
+    ds.PositionReferenceIndicator = ""
 
 
 def _set_tdr_module(ds: Dataset, *, tdr_type: str, alarm: str, decided_at: datetime,
@@ -147,9 +160,10 @@ def _set_tdr_module(ds: Dataset, *, tdr_type: str, alarm: str, decided_at: datet
     )
     # v03 readers expect a positive time; sub-millisecond work still took some time.
     ds.TotalProcessingTime = max(float(processing_ms), 0.001)
-    ds.ImageScaleRepresentation = "1"
+    # FD, as the DICOS toolkits write and read it (pydicom's dictionary says DS: a DS
+    # "1" is read by the toolkit as a zero scale and the whole TDR is refused).
+    ds.add_new(IMAGE_SCALE_REPRESENTATION, "FD", 1.0)
     ds.AdditionalScreeningPerformed = "NO"
-    ds.DICOSVersion = DICOS_VERSION
     ds.ThreatSequence = DicomSequence([_pto_item(p) for p in ptos])
 
 
@@ -202,6 +216,23 @@ def _pto_item(p: Pto) -> Dataset:
     return item
 
 
+def _person_identification(operator: str, site: Site) -> Dataset:
+    """Person Identification macro for the operator: the ID, then the ID's type (the
+    toolkit wants both items), and the organization the operator works for."""
+    person = Dataset()
+    code = Dataset()
+    code.CodeValue = operator[:16]
+    code.CodingSchemeDesignator = OPERATOR_CODING_SCHEME
+    code.CodeMeaning = operator[:64]
+    kind = Dataset()
+    kind.CodeValue = "OPERATOR_ID"
+    kind.CodingSchemeDesignator = OPERATOR_CODING_SCHEME
+    kind.CodeMeaning = "Station operator ID"
+    person.PersonIdentificationCodeSequence = DicomSequence([code, kind])
+    person.InstitutionName = site.institution_name[:64]
+    return person
+
+
 def _save(ds: Dataset, out: Path) -> None:
     """Write under a temporary name and rename, so a folder watcher or the store never
     sees a half-written TDR."""
@@ -226,6 +257,7 @@ def write_machine_tdr(
     abort_reason: str | None = None,
     sop_instance_uid: str | None = None,
     series_uid: str | None = None,
+    site: Site | None = None,
 ) -> Tdr:
     """Write a MACHINE TDR for detector results on ``scan`` and return it as read back.
 
@@ -261,13 +293,13 @@ def write_machine_tdr(
     _set_ooi_and_scan(ds, patient_id=scan.patient_id, patient_name=scan.patient_name,
                       ooi_id_type=scan.ooi_id_type, ooi_type=scan.ooi_type,
                       study_uid=scan.study_uid, study_date=scan.study_date,
-                      study_time=scan.study_time, frame_uid=scan.frame_of_reference_uid, now=now)
+                      study_time=scan.study_time, frame_uid=scan.frame_of_reference_uid, now=now,
+                      issuer=scan.ooi_id_issuer, scan_id=scan.scan_id)
     ds.SeriesInstanceUID = UID(series_uid or generate_uid())
     ds.SeriesNumber = 900
     ds.SeriesDescription = f"Machine TDR ({algorithm})"[:64]
     ds.SeriesDate = now.strftime("%Y%m%d")
     ds.SeriesTime = now.strftime("%H%M%S")
-    ds.SoftwareVersions = [v[:64] for v in (algorithm.vendor, algorithm.version) if v] or [MANUFACTURER]
     if scan.series_uid:
         series = Dataset()
         series.SeriesInstanceUID = UID(scan.series_uid)
@@ -283,6 +315,8 @@ def write_machine_tdr(
     _set_tdr_module(ds, tdr_type="MACHINE", alarm=alarm, decided_at=decided_at,
                     abort_reason=abort_reason, algorithm=algorithm, ptos=resolved,
                     processing_ms=processing_ms)
+    set_dicos_common(ds, site or DEFAULT_SITE, now,
+                     software_versions=[algorithm.vendor, algorithm.version])
     out = Path(out)
     _save(ds, out)
     LOGGER.info("machine TDR %s: %s, %d PTO(s) -> %s", sop_uid, alarm, len(resolved), out)
@@ -300,6 +334,7 @@ def write_operator_tdr(
     review_ms: float | None = None,
     decided_at: datetime | None = None,
     sop_instance_uid: str | None = None,
+    site: Site | None = None,
 ) -> Tdr:
     """Write the OPERATOR TDR recording an analyst's ``decision`` on ``machine_tdr``.
 
@@ -333,6 +368,9 @@ def write_operator_tdr(
             raise ValueError(f"PTO {pid}: mark {flag!r} is not one of {ASSESSMENT_FLAGS}")
         if decision == "CLEAR" and flag != "NO_THREAT":
             raise ValueError(f"decision CLEAR contradicts PTO {pid} marked {flag}")
+        if decision == "SUSPECT" and flag in ("HIGH_THREAT", "THREAT"):
+            raise ValueError(f"decision SUSPECT contradicts PTO {pid} marked {flag}: "
+                             f"a PTO marked as a threat makes the decision THREAT")
 
     now = datetime.now().astimezone()
     decided_at = decided_at or now
@@ -346,8 +384,9 @@ def write_operator_tdr(
             flag = "UNKNOWN"
         else:
             flag = p.flag if p.flag in ("HIGH_THREAT", "THREAT") else "THREAT"
-        ptos.append(replace(p, flag=flag, probability=None, processing_start=None,
-                             processing_end=None, processing_ms=None, referenced_pto_id=p.id))
+        ptos.append(replace(p, flag=flag, probability=None, referenced_pto_id=p.id))
+    if decision == "THREAT" and ptos and not any(p.flag in ("HIGH_THREAT", "THREAT") for p in ptos):
+        raise ValueError("decision THREAT needs at least one PTO marked THREAT or HIGH_THREAT")
     alarm = "CLEAR" if decision == "CLEAR" else "ALARM"
     if review_ms is None:
         review_ms = 0.0
@@ -364,20 +403,16 @@ def write_operator_tdr(
         raise ValueError(f"machine TDR {machine.sop_instance_uid} names no study to reference")
     _set_ooi_and_scan(ds, patient_id=machine.ooi_id, patient_name="", ooi_id_type=machine.ooi_id_type,
                       ooi_type=machine.ooi_type, study_uid=study, study_date="", study_time="",
-                      frame_uid="", now=now)
+                      frame_uid=machine.frame_of_reference_uid, now=now,
+                      issuer=machine.ooi_id_issuer, scan_id=machine.scan_id)
     ds.SeriesInstanceUID = generate_uid()
     ds.SeriesNumber = 901
     ds.SeriesDescription = f"Operator TDR ({decision})"
     ds.SeriesDate = now.strftime("%Y%m%d")
     ds.SeriesTime = now.strftime("%H%M%S")
+    site = site or DEFAULT_SITE
     ds.OperatorsName = operator
-    person = Dataset()
-    code = Dataset()
-    code.CodeValue = operator[:16]
-    code.CodingSchemeDesignator = "99ISTATION"  # local scheme: the station's operator IDs
-    code.CodeMeaning = operator[:64]
-    person.PersonIdentificationCodeSequence = DicomSequence([code])
-    ds.OperatorIdentificationSequence = DicomSequence([person])
+    ds.OperatorIdentificationSequence = DicomSequence([_person_identification(operator, site)])
     ref_tdr = Dataset()
     ref_tdr.ReferencedSOPClassUID = UID(machine.sop_class_uid or DICOS_TDR)
     ref_tdr.ReferencedSOPInstanceUID = UID(machine.sop_instance_uid)
@@ -398,18 +433,30 @@ def write_operator_tdr(
                 s.ReferencedInstanceSequence = DicomSequence(refs)
             series_items.append(s)
         ds.ReferencedSeriesSequence = DicomSequence(series_items)
+    # Every assessment carries its processing time (the toolkit requires it): the
+    # analyst's review, from the machine's decision to this one.
+    review_start = decided_at - timedelta(milliseconds=review_ms)
+    ptos = [replace(p, processing_start=review_start, processing_end=decided_at,
+                    processing_ms=review_ms) for p in ptos]
     _set_tdr_module(ds, tdr_type="OPERATOR", alarm=alarm, decided_at=decided_at, abort_reason=None,
                     algorithm=STATION_ALGORITHM, ptos=ptos, processing_ms=review_ms)
+    set_dicos_common(ds, site, now, software_versions=[STATION_ALGORITHM.vendor,
+                                                       STATION_ALGORITHM.version])
     for item, p in zip(ds.ThreatSequence, ptos):
         ref = Dataset()
         ref.PotentialThreatObjectID = int(p.id)
         ref.TDRType = machine.tdr_type or "MACHINE"
         ref.ReferencedTDRInstanceSequence = DicomSequence([ref_tdr])
         item.ReferencedPTOSequence = DicomSequence([ref])
-    block = ds.private_block(_PRIVATE_GROUP, _PRIVATE_CREATOR, create=True)
-    block.add_new(_PRIVATE_DECISION, "CS", decision)
-    if note:
-        block.add_new(_PRIVATE_NOTE, "LT", note)
+    # The decision is in the standard attributes (AlarmDecision and the PTO flags, see
+    # Tdr.operator_decision); only an alarm without PTOs needs the private word. The note
+    # has no DICOS attribute.
+    if note or (alarm == "ALARM" and not ptos):
+        block = ds.private_block(_PRIVATE_GROUP, _PRIVATE_CREATOR, create=True)
+        if alarm == "ALARM" and not ptos:
+            block.add_new(_PRIVATE_DECISION, "CS", decision)
+        if note:
+            block.add_new(_PRIVATE_NOTE, "LT", note)
     out = Path(out)
     _save(ds, out)
     LOGGER.info("operator TDR %s by %s: %s on machine TDR %s -> %s", sop_uid, operator, decision,

@@ -74,7 +74,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -101,6 +101,8 @@ from pydicom.uid import (
     generate_uid,
 )
 from pydicom.valuerep import format_number_as_ds
+
+from station.core.dicos.site import Site, set_dicos_common
 
 LOGGER = logging.getLogger(__name__)
 
@@ -143,6 +145,11 @@ DX_KVP = {"HIGH": 140.0, "LOW": 80.0, "SINGLE": 120.0}
 # with prefix=None, so a root prefix is needed for reproducible UIDs).
 UID_ROOT = PYDICOM_ROOT_UID
 MANUFACTURER = "Inspection Station Synth"
+# The simulated scanner's own identity in its DICOS objects (calibrated at acquisition,
+# so a seed still gives byte-identical files).
+SYNTH_SITE = Site(institution_name="Synthetic checkpoint", institution_address="Lane 1, test hall",
+                  station_name="SYNTH01", device_serial_number="SYNTH-0001",
+                  ooi_id_assigning_authority="SYNTH")
 
 SUPPORTED_TRANSFER_SYNTAXES: tuple[UID, ...] = (
     ExplicitVRLittleEndian,
@@ -941,6 +948,12 @@ def _default_when(seed: int) -> datetime:
     return datetime(2025, 1, 6, 8, 0, 0) + timedelta(seconds=97 * seed)
 
 
+# DICOS reuses DICOM tags with its own meaning (pydicom's dictionary names them otherwise):
+DICOS_IMAGE_ORIGIN = 0x00080118  # CS: MACHINE / ... (DICOM: Mapping Resource UID)
+DICOS_COORDINATE_SYSTEM = 0x00082108  # CS: RHS / LHS
+DICOS_EFFECTIVE_ENERGY = 0x43000902  # FL, keV
+
+
 def _ooi_keyword_ok() -> bool:
     return keyword_for_tag(0x40101042) == "OOIType"
 
@@ -990,7 +1003,25 @@ def _base_dataset(
     if frame_uid is not None:
         ds.FrameOfReferenceUID = frame_uid
         ds.PositionReferenceIndicator = ""
+    if dicos:
+        _set_dicos_image_common(ds, when)
     return ds
+
+
+def _set_dicos_image_common(ds: Dataset, when: datetime) -> None:
+    """What the NEMA DICOS toolkit requires of every DICOS image beyond DICOM's modules:
+    version, equipment and OOI identity (``station.core.dicos.site``), scan type, image
+    origin and coordinate system, effective energy, acquisition context."""
+    ds.InstanceCreationDate = when.strftime("%Y%m%d")
+    ds.InstanceCreationTime = when.strftime("%H%M%S")
+    set_dicos_common(ds, replace(SYNTH_SITE, calibration=when), when,
+                     software_versions=[MANUFACTURER])
+    ds.PatientSex = "U"
+    ds.ScanType = "OPERATIONAL"
+    ds.add_new(DICOS_IMAGE_ORIGIN, "CS", "MACHINE")
+    ds.add_new(DICOS_COORDINATE_SYSTEM, "CS", "RHS")  # DICOM's patient axes, right-handed
+    ds.add_new(DICOS_EFFECTIVE_ENERGY, "FL", 0.0)  # 0: not characterised (synthetic)
+    ds.AcquisitionContextSequence = DicomSequence([])
 
 
 def _set_pixels(ds: Dataset, arr: np.ndarray, ts: UID) -> None:
@@ -1121,20 +1152,12 @@ def write_ct_series(
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.Rows, ds.Columns = ny, nx
         ds.NumberOfFrames = nz
-        dim_uid = _uid("dimension", series)
-        org = Dataset()
-        org.DimensionOrganizationUID = dim_uid
-        ds.DimensionOrganizationSequence = DicomSequence([org])
-        ds.DimensionOrganizationType = "3D"
-        dims = []
-        for tag, label in ((0x00209056, "Stack ID"), (0x00209057, "In-Stack Position Number")):
-            d = Dataset()
-            d.DimensionOrganizationUID = dim_uid
-            d.DimensionIndexPointer = tag
-            d.FunctionalGroupPointer = 0x00209111  # FrameContentSequence
-            d.DimensionDescriptionLabel = label
-            dims.append(d)
-        ds.DimensionIndexSequence = DicomSequence(dims)
+        # No Multi-frame Dimension module: the DICOS CT IOD does not use it, and the NEMA
+        # toolkit refuses the Dimension Index Values of a DICOM Enhanced CT.
+        ds.PixelPresentation = "MONOCHROME"
+        ds.VolumetricProperties = "VOLUME"
+        ds.VolumeBasedCalculationTechnique = "NONE"
+        ds.AcquisitionDuration = 1.0
 
         shared = Dataset()
         pm = Dataset()
@@ -1165,7 +1188,6 @@ def write_ct_series(
             fc.FrameAcquisitionNumber = 1
             fc.StackID = "1"
             fc.InStackPositionNumber = k + 1
-            fc.DimensionIndexValues = [1, k + 1]
             item.FrameContentSequence = DicomSequence([fc])
             frames.append(item)
         ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
@@ -1297,6 +1319,17 @@ def write_dx(
         ds.ImageLaterality = "U"
         ds.PixelSpacing = [_ds(s_row), _ds(sz)]
         ds.ImagerPixelSpacing = [_ds(s_row), _ds(sz)]
+        if dicos:
+            # DICOS DX: detector, tube current, calibration of the spacing, and where the
+            # image lies: columns advance along z (the belt), rows along x (top view) or
+            # y (side view), from the volume's origin.
+            ds.DetectorType = "DIRECT"
+            ds.XRayTubeCurrentInuA = "1000"
+            ds.PixelSpacingCalibrationDescription = "GEOMETRY"
+            ds.LossyImageCompression = "00"
+            ds.ImageOrientationPatient = ["0", "0", "1", "1", "0", "0"] if axis == "y" else \
+                ["0", "0", "1", "0", "1", "0"]
+            ds.ImagePositionPatient = [_ds(v) for v in bag.origin_mm]
         ds.PhotometricInterpretation = "MONOCHROME1"
         ds.PixelIntensityRelationship = "LOG"
         ds.PixelIntensityRelationshipSign = -1
