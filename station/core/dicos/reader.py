@@ -45,6 +45,8 @@ from station.core.dicos.model import (
     _TDR_TYPE_ALIASES,
 )
 
+_STORAGE_CLASS_ROOT = "1.2.840.10008.5.1.4.1.1."  # every image/TDR storage SOP class
+
 LOGGER = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- reading
@@ -308,6 +310,15 @@ def _parse_tdr(ds: Dataset, r: _Reader, path: Path | None) -> Tdr:
         series_instances.extend(refs)
 
     ptos = _parse_ptos(ds, r)
+    # ReferencedStudySequence names the scan's study; the NEMA toolkit's writer puts the
+    # scan *instance* there instead (its image SOP class and UID): that is a reference to
+    # an image, and the TDR's own StudyInstanceUID then names the study.
+    studies: list[str] = []
+    for ref in r.referenced(r.seq(ds, "ReferencedStudySequence"), ""):
+        if ref.sop_class_uid.startswith(_STORAGE_CLASS_ROOT):  # an image, not a study
+            series_instances.append(ref)
+        else:
+            studies.append(ref.sop_instance_uid)
     instances = dict.fromkeys(series_instances)
     for p in ptos:
         instances.update(dict.fromkeys(p.referenced_instances))
@@ -341,9 +352,7 @@ def _parse_tdr(ds: Dataset, r: _Reader, path: Path | None) -> Tdr:
         study_uid=r.text(ds, "StudyInstanceUID"),
         series_uid=r.text(ds, "SeriesInstanceUID"),
         frame_of_reference_uid=r.text(ds, "FrameOfReferenceUID"),
-        referenced_study_uids=tuple(
-            x.sop_instance_uid for x in r.referenced(r.seq(ds, "ReferencedStudySequence"), "")
-        ),
+        referenced_study_uids=tuple(studies),
         referenced_series=referenced_series,
         referenced_instances=tuple(instances),
         referenced_tdrs=r.referenced(r.seq(ds, "ReferencedTDRInstanceSequence"), ""),
