@@ -5,11 +5,13 @@ build unpacked from the .deb with an empty environment). It starts the real piec
 mocks, each on throw-away data in a temporary folder, and never touches the user's store:
 
 - ``settings``: the user's settings file (if any) parses, as the station would read it.
-- ``decoders``: RLE Lossless, JPEG 2000 Lossless, JPEG Baseline and JPEG Lossless (SV1)
-  images are encoded here at run time (pydicom's encoders, Pillow, and a tiny lossless
-  JPEG writer below) and decoded twice: with pydicom's pylibjpeg plugin named
-  explicitly (a frozen build that lost a plugin's entry-point metadata fails here) and
-  through the station's own volume reader. The arrays must match what was encoded.
+- ``decoders``: RLE Lossless, JPEG 2000 Lossless, JPEG Baseline, JPEG Lossless (SV1) and
+  JPEG-LS Lossless images are encoded here at run time (pydicom's encoders, Pillow, and a
+  tiny lossless JPEG writer below) and decoded twice: with the pydicom plugin the station
+  ships for that syntax named explicitly (pylibjpeg for RLE and JPEG 2000, GDCM for JPEG,
+  pyjpegls for JPEG-LS: all permissively licensed, see packaging/README.md; a frozen
+  build that lost a plugin fails here) and through the station's own volume reader. The
+  arrays must match what was encoded.
 - ``receiver``: a receiver process (``station serve``, started the way the GUI starts it:
   from the frozen executable when frozen) on a free loopback port and a temporary store;
   a synthetic CT series and a DICOS multi-frame instance go over C-STORE; every instance
@@ -194,14 +196,26 @@ def _encapsulated(ds: Dataset, frame: bytes, transfer_syntax: str) -> Dataset:
     return ds
 
 
+# The pydicom decoding plugin the station ships for each compressed syntax. No GPL code:
+# pylibjpeg-libjpeg (GPL-3.0) is not a dependency; JPEG baseline/lossless go through GDCM
+# (BSD-3-Clause), JPEG-LS through pyjpegls (MIT, CharLS BSD-3-Clause).
+DECODER_PLUGINS = {
+    "1.2.840.10008.1.2.5": "pylibjpeg",  # RLE Lossless: pylibjpeg-rle (MIT)
+    "1.2.840.10008.1.2.4.90": "pylibjpeg",  # JPEG 2000 Lossless: pylibjpeg-openjpeg (MIT, OpenJPEG BSD-2)
+    "1.2.840.10008.1.2.4.50": "gdcm",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.70": "gdcm",  # JPEG Lossless SV1 (DICOS CT)
+    "1.2.840.10008.1.2.4.80": "pyjpegls",  # JPEG-LS Lossless
+}
+
+
 def check_decoders(work: Path) -> str:
     """Encode small images in the compressed transfer syntaxes scanners send and decode them
-    with the pylibjpeg plugins and through the station's volume reader."""
+    with the plugin shipped for each (DECODER_PLUGINS) and through the station's volume reader."""
     import numpy as np
     import pydicom
     from PIL import Image
     from pydicom.pixels import get_decoder
-    from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, RLELossless
+    from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
     from station.core.imaging.volume import load_volume
 
@@ -229,31 +243,38 @@ def check_decoders(work: Path) -> str:
         ds = _encapsulated(_image_dataset(image16, 16), encode_jpeg_lossless(image16), JPEGLosslessSV1)
         return ds, image16, 0
 
+    def jpeg_ls() -> tuple[Dataset, np.ndarray, int]:
+        ds = _image_dataset(image16, 16)
+        ds.compress(JPEGLSLossless, image16, generate_instance_uid=False)
+        return ds, image16, 0
+
     cases: list[tuple[str, str, Callable[[], tuple[Dataset, np.ndarray, int]]]] = [
         ("RLE", RLELossless, rle),
         ("JPEG 2000", JPEG2000Lossless, j2k),
         ("JPEG baseline", JPEGBaseline8Bit, jpeg_baseline),
         ("JPEG lossless", JPEGLosslessSV1, jpeg_lossless),
+        ("JPEG-LS", JPEGLSLossless, jpeg_ls),
     ]
     problems: list[str] = []
     done: list[str] = []
     for label, ts, make in cases:
         decoder = get_decoder(ts)
-        if "pylibjpeg" not in decoder.available_plugins:
+        plugin = DECODER_PLUGINS[ts]
+        if plugin not in decoder.available_plugins:
             missing = "; ".join(decoder.missing_dependencies) or "plugin not registered"
-            problems.append(f"{label}: no pylibjpeg decoder (available: "
+            problems.append(f"{label}: no {plugin} decoder (available: "
                             f"{', '.join(decoder.available_plugins) or 'none'}; {missing})")
             continue
         try:
             ds, expected, tolerance = make()
             path = work / f"decoders-{label.replace(' ', '-').lower()}.dcm"
             ds.save_as(path, enforce_file_format=True)
-            via_plugin = np.asarray(pydicom.pixels.pixel_array(str(path), decoding_plugin="pylibjpeg"))
+            via_plugin = np.asarray(pydicom.pixels.pixel_array(str(path), decoding_plugin=plugin))
             via_station = np.asarray(load_volume([path]).raw_slice(0))
         except Exception as exc:  # encoders and decoders raise anything
             problems.append(f"{label}: {type(exc).__name__}: {exc}")
             continue
-        for how, got in (("pylibjpeg", via_plugin), ("station reader", via_station)):
+        for how, got in ((plugin, via_plugin), ("station reader", via_station)):
             if got.shape != expected.shape:
                 problems.append(f"{label} via {how}: shape {got.shape}, expected {expected.shape}")
                 break
@@ -265,7 +286,7 @@ def check_decoders(work: Path) -> str:
             done.append(label)
     if problems:
         raise SelfTestFailure("; ".join(problems))
-    return ", ".join(done) + " decoded (pylibjpeg and the station's reader agree with the encoded pixels)"
+    return ", ".join(done) + " decoded (the shipped plugins and the station's reader agree with the encoded pixels)"
 
 
 # -- receiver -----------------------------------------------------------------------------------------
