@@ -79,7 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.receiver_json:  # from the GUI's ReceiverProcess: its (validated) settings
         from station.app.receiver_process import receiver_settings_from_json
 
-        settings.receiver = receiver_settings_from_json(args.receiver_json, settings.receiver)
+        settings.receiver = receiver_settings_from_json(args.receiver_json)
     if args.events_stdout:
         from station.app.receiver_process import EventPipeWriter, watch_parent
 
