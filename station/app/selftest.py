@@ -389,7 +389,8 @@ def check_viewer(work: Path) -> str:
     settings.store.path = work / "gui-store"
     bus = EventBus()
     with Store(settings.store.path) as store:
-        stored, bad = store.import_paths(files)
+        imported = store.import_paths(files)
+        stored, bad = imported.stored, imported.errors
         if bad or len(stored) != slices:
             raise SelfTestFailure(f"importing the synthetic bag stored {len(stored)} of {slices} files: {bad[:1]}")
         series_uid = stored[0].series_uid
