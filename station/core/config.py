@@ -360,24 +360,25 @@ def _readable(exc: msgspec.ValidationError, origin: str | os.PathLike[str]) -> C
     assert found is not None
     message = found["message"]
     parts = [name or (int(index) if index else key) for name, index, key in _PATH_PART.findall(found["path"] or "$")]
-    where, rest = f"{origin}", parts
+    section, rest = "", parts  # "[receiver]" or "[[remotes]] #2", then the key within it
     if parts:
         if len(parts) > 1 and isinstance(parts[1], int):
-            where, rest = f"{origin}: [[{parts[0]}]] #{parts[1] + 1}", parts[2:]
+            section, rest = f"[[{parts[0]}]] #{parts[1] + 1}", parts[2:]
         else:
-            where, rest = f"{origin}: [{parts[0]}]", parts[1:]
+            section, rest = f"[{parts[0]}]", parts[1:]
+    where = f"{origin}: {section}" if section else f"{origin}"
     key = "".join(f" item {p + 1}" if isinstance(p, int) else f".{'*' if p == '...' else p}" for p in rest).lstrip(".")
     if unknown := re.fullmatch(r"Object contains unknown field `(.*)`", message):
-        if not parts:
+        if not section:
             return ConfigError(f"{origin}: unknown section [{unknown[1]}]")
         if not key:
-            return ConfigError(f"{origin}: unknown key {unknown[1]!r} in {where.split(': ', 1)[1]}")
+            return ConfigError(f"{origin}: unknown key {unknown[1]!r} in {section}")
         return ConfigError(f"{where}: unknown {key} key {unknown[1]!r}")
     if missing := re.fullmatch(r"Object missing required field `(.*)`", message):
         return ConfigError(f"{where}: {f'{key}.' if key else ''}{missing[1]} is required")
     if expected := re.fullmatch(r"Expected `(.*)`, got `(.*)`", message):
         wanted = {"object": "a table", "array": "an array"}.get(expected[1])
-        subject = f"{where} {key}" if key else (where if parts else f"{origin}: the file")
+        subject = f"{where} {key}" if key else (where if section else f"{origin}: the file")
         if wanted:
             return ConfigError(f"{subject} must be {wanted}, got {expected[2]}")
         return ConfigError(f"{subject} must be of type {expected[1]}, got {expected[2]}")
