@@ -74,6 +74,17 @@ def test_jpeg_lossless_writer_round_trips(shape, tmp_path):
     assert decoded.dtype == np.uint16 and np.array_equal(decoded, image)
 
 
+def test_another_pynetdicom_fails_the_receiver_check_naming_both_versions(tmp_path):
+    code = ("import sys, pynetdicom; pynetdicom.__version__ = '3.0.3';"
+            "from station.app.cli import main; raise SystemExit(main(sys.argv[1:]))")
+    out = _run(tmp_path, "--self-test", code=code)
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    receiver_line = next(line for line in lines if line.startswith("FAIL  receiver "))
+    assert "pynetdicom 3.0.3 is installed" in receiver_line and "pynetdicom==3.0.4" in receiver_line
+    assert lines[-1].startswith("self-test FAILED: receiver (1 of 4 checks")
+
+
 def _gdcm_decode(codestream: bytes, shape, tmp_path: Path) -> np.ndarray:
     """One JPEG Lossless codestream in a DICOM file, decoded by pydicom's GDCM plugin."""
     import pydicom

@@ -79,7 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.receiver_json:  # from the GUI's ReceiverProcess: its (validated) settings
         from station.app.receiver_process import receiver_settings_from_json
 
-        settings.receiver = receiver_settings_from_json(args.receiver_json, settings.receiver)
+        settings.receiver = receiver_settings_from_json(args.receiver_json)
     if args.events_stdout:
         from station.app.receiver_process import EventPipeWriter, watch_parent
 
@@ -188,19 +188,24 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    """station import: exit 0 unless a DICOM file could not be stored (files that are not
+    DICOM at all, like the truth.json of `station synth`, are only reported as ignored)."""
     from station.core.store.store import Store, StoreFullError
 
     settings = _settings(args)
     with Store(settings.store.path) as store:
         try:
-            stored, errors = store.import_paths(args.paths)
+            result = store.import_paths(args.paths)
         except StoreFullError as exc:
             print(f"station import: {exc}", file=sys.stderr)
             return 2
-    for message in errors:
+    for path in result.ignored:
+        print(f"ignored (not DICOM): {path}", file=sys.stderr)
+    for message in result.errors:
         print(f"skipped {message}", file=sys.stderr)
-    print(f"imported {len(stored)} instances, {len(errors)} skipped")
-    return 0 if not errors else 1
+    print(f"imported {len(result.stored)} instances, {len(result.errors)} skipped, "
+          f"{len(result.ignored)} ignored (not DICOM)")
+    return 0 if not result.errors else 1
 
 
 def _parse_since(text: str) -> float:

@@ -29,7 +29,6 @@ import logging
 import os
 import sqlite3
 import time
-import tomllib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +46,9 @@ from station.core.hooks.runner import (
     ScanTracker,
     StationStarted,
     is_report,
-    load_hooks_settings,
 )
-from station.core.routing.outbox import Outbox, OutboxSettings, load_outbox_settings, outbox_path
-from station.core.remote.remotes import RemoteSettings, load_remotes
+from station.core.routing.outbox import Outbox, OutboxSettings, outbox_path
+from station.core.remote.remotes import RemoteSettings
 from station.core.scheduler import Scheduler
 from station.core.dicom.sopclasses import DICOS_TDR
 from station.core.store.store import Store
@@ -88,29 +86,20 @@ class ServicesConfig:
         return bool(self.hooks.scripts or self.rules)
 
 
-def _has_section(path: Path, name: str) -> bool:
-    try:
-        return name in tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return False  # the main loader has already reported an unreadable file
-
-
 def load_services_config(settings: Settings) -> ServicesConfig:
-    """Read ``[hooks]``, ``[[remotes]]``, ``[[routing]]`` and ``[outbox]`` from the file the
-    settings came from (nothing when they came from no file). ConfigError when unusable."""
-    source = settings.source
-    remotes = load_remotes(source) if source is not None else []
+    """``[hooks]``, ``[[remotes]]``, ``[[routing]]`` and ``[outbox]`` of the settings, the
+    routing rules checked against the remotes. ConfigError when unusable."""
     rules: list[RoutingRule] = []
-    if source is not None and _has_section(source, "routing"):
+    if settings.routing:
         # Imported only when needed: a plain `station serve` stays free of HTTP imports.
-        from station.net.routing.router import load_routing
+        from station.net.routing.router import parse_routing
 
-        rules = load_routing(source, remotes)
+        rules = parse_routing(settings.routing, settings.remotes, settings.source or "<settings>")
     return ServicesConfig(
-        hooks=load_hooks_settings(source),
-        remotes=remotes,
+        hooks=settings.hooks,
+        remotes=list(settings.remotes),
         rules=rules,
-        outbox=load_outbox_settings(source),
+        outbox=settings.outbox,
         outbox_path=outbox_path(settings),
     )
 

@@ -15,8 +15,6 @@ The child stops on SIGTERM, and by itself when its parent goes away.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import pickle
@@ -27,7 +25,9 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
+
+import msgspec
 
 from station.core.config import ReceiverSettings
 from station.core.resources import station_command
@@ -137,7 +137,7 @@ class ReceiverProcess(ReceiverStatus):
         """Start the child and wait until it listens; raise ReceiverStartError if it cannot."""
         if self._proc is not None:
             return
-        receiver_json = json.dumps(dataclasses.asdict(self.settings))
+        receiver_json = msgspec.json.encode(self.settings).decode()
         config = ["--config", str(self.config_path)] if self.config_path else []
         command = [*station_command("serve"), *config, "--store", str(self.store_path),
                    "--port", str(self.settings.port), "--events-stdout", "--receiver-json", receiver_json]
@@ -216,8 +216,6 @@ def watch_parent(stop: threading.Event, interval: float = 1.0) -> threading.Thre
     return thread
 
 
-def receiver_settings_from_json(text: str, base: ReceiverSettings) -> ReceiverSettings:
+def receiver_settings_from_json(text: str) -> ReceiverSettings:
     """Settings handed to the child on its command line (the parent's, already validated)."""
-    data: dict[str, Any] = json.loads(text)
-    known = {f.name for f in dataclasses.fields(ReceiverSettings)}
-    return dataclasses.replace(base, **{k: v for k, v in data.items() if k in known})
+    return msgspec.json.decode(text, type=ReceiverSettings)

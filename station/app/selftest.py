@@ -12,10 +12,11 @@ mocks, each on throw-away data in a temporary folder, and never touches the user
   pyjpegls for JPEG-LS: all permissively licensed, see packaging/README.md; a frozen
   build that lost a plugin fails here) and through the station's own volume reader. The
   arrays must match what was encoded.
-- ``receiver``: a receiver process (``station serve``, started the way the GUI starts it:
-  from the frozen executable when frozen) on a free loopback port and a temporary store;
-  a synthetic CT series and a DICOS multi-frame instance go over C-STORE; every instance
-  must be announced and indexed.
+- ``receiver``: pynetdicom is the version the station's changes to it are verified
+  against (with another, ``station serve`` refuses to start); a receiver process
+  (``station serve``, started the way the GUI starts it: from the frozen executable when
+  frozen) on a free loopback port and a temporary store; a synthetic CT series and a
+  DICOS multi-frame instance go over C-STORE; every instance must be announced and indexed.
 - ``viewer``: the Qt application (offscreen unless ``QT_QPA_PLATFORM`` says otherwise),
   its theme and icon, a main window on a temporary store holding a synthetic bag, the bag
   selected; the viewer must show its slices with the stored values and paint them.
@@ -306,7 +307,8 @@ def _wait_until(predicate: Callable[[], bool], timeout: float, step: Callable[[]
 
 
 def check_receiver(work: Path) -> str:
-    """Start a receiver process on loopback, C-STORE a CT series and a DICOS instance to it,
+    """Check pynetdicom is the version the station's changes to it are verified against,
+    start a receiver process on loopback, C-STORE a CT series and a DICOS instance to it,
     and check every instance was announced and indexed."""
     import pydicom
 
@@ -314,10 +316,15 @@ def check_receiver(work: Path) -> str:
     from station.core.config import ReceiverSettings
     from station.core.events import EventBus, InstanceStored, ReceiverError
     from station.core.store.store import Store
+    from station.net.dimse.pynetdicom_ext import reactor
     from station.net.dimse.receiver import ReceiverStartError
     from station.app.receiver_process import ReceiverProcess
     from station.net.dimse.sender import SendError, send_files
 
+    try:
+        reactor.check_version()
+    except reactor.UnsupportedPynetdicomError as exc:
+        raise SelfTestFailure(str(exc)) from exc
     bag = synth.make_bag_volume(size=48, slices=8, seed=11)
     files = synth.write_ct_series(bag, work / "send-ct", seed=11, patient_id="SELFTEST-CT")
     files += synth.write_ct_series(bag, work / "send-dicos", dicos=True, seed=12, patient_id="SELFTEST-DICOS",
@@ -410,7 +417,8 @@ def check_viewer(work: Path) -> str:
     settings.store.path = work / "gui-store"
     bus = EventBus()
     with Store(settings.store.path) as store:
-        stored, bad = store.import_paths(files)
+        imported = store.import_paths(files)
+        stored, bad = imported.stored, imported.errors
         if bad or len(stored) != slices:
             raise SelfTestFailure(f"importing the synthetic bag stored {len(stored)} of {slices} files: {bad[:1]}")
         series_uid = stored[0].series_uid

@@ -82,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             bag = synth.make_bag_volume(size=args.size, slices=args.slices, threats=threats, seed=seed)
             patient = f"MRN-{40210 + seed}" if args.mode == "clinic" else None
             files = synth.write_ct_series(bag, root / f"bag{seed}", dicos=dicos, seed=seed, patient_id=patient)
-            stored, errors = store.import_paths(files)
-            for message in errors:
+            imported = store.import_paths(files)
+            stored = imported.stored
+            for message in imported.errors:
                 LOGGER.warning("import: %s", message)
             if seed in _VIEWED and stored:
                 viewed.append(stored[0].series_uid)
@@ -188,8 +189,9 @@ def _import_phantoms(store, root: Path, args) -> str | None:
     for n, seed in enumerate((3, 4, 5)):
         files = write_torso(root / f"torso{seed}", size=args.size, slices=args.slices, seed=seed,
                             patient_id=f"MRN-{40210 + seed}", patient_name=f"Phantom^{'ABC'[n]}")
-        stored, errors = store.import_paths(files)
-        for message in errors:
+        imported = store.import_paths(files)
+        stored = imported.stored
+        for message in imported.errors:
             LOGGER.warning("import: %s", message)
         if stored and seed == 4:
             show = stored[0].series_uid

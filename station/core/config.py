@@ -16,21 +16,40 @@ Example::
 
     [ui]
     mode = "airport"   # or "clinic"
+
+The whole file is read once, by ``load_settings``, into the typed models below (msgspec
+structs): every section of the file, including the ones features own (``[[remotes]]``,
+``[[routing]]``, ``[hooks]``, ``[outbox]``; their modules document them and re-export
+their models). An unknown section or key, a wrong type or a value out of range is a
+ConfigError naming the file, the section and the key, so a typo never silently falls back
+to a default. Pure core: no Qt, no networking.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import re
 import tomllib
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import msgspec
 import platformdirs
 
 APP_NAME = "inspection-station"
+
+REMOVED_SECTIONS: dict[str, str] = {
+    "cache": "nothing reads it; the frame cache is --cache-dir of station fetch and the user cache dir",
+}
+"""Sections the file once had: a file that still has one gets an error saying so."""
+
+AUTH_KINDS: tuple[str, ...] = ("none", "basic", "bearer")
+"""How a DICOMweb remote authenticates: nothing, HTTP Basic, or an OAuth-style bearer token."""
+
+DEFAULT_TIMEOUT_S: float = 30.0
+DEFAULT_CALLING_AET: str = "STATION"
 
 
 class ConfigError(ValueError):
@@ -51,8 +70,19 @@ def default_config_path() -> Path:
     return Path(platformdirs.user_config_dir(APP_NAME)) / "station.toml"
 
 
-@dataclass
-class ReceiverSettings:
+def is_ae_title(aet: str) -> bool:
+    return 0 < len(aet) <= 16 and aet.isascii() and "\\" not in aet
+
+
+class _Table(msgspec.Struct, forbid_unknown_fields=True):
+    """A TOML table: keys not declared are refused. ``__post_init__`` raising ConfigError
+    (a ValueError) reports a value out of range; on decoding msgspec adds where it is."""
+
+
+# --------------------------------------------------------------------------- [receiver] [store] [ui] ...
+
+
+class ReceiverSettings(_Table):
     aet: str = "STATION"
     host: str = "0.0.0.0"
     port: int = 11112
@@ -61,7 +91,7 @@ class ReceiverSettings:
     # rarely needs more than a few, and a misbehaving peer must not take every slot.
     max_associations_per_peer: int = 4
     # If not empty, only these calling AE titles may send; others are rejected at association.
-    allowed_calling_aets: list[str] = field(default_factory=list)
+    allowed_calling_aets: list[str] = msgspec.field(default_factory=list)
     # DICOM TLS: certificate and key (PEM) enable TLS; a CA bundle also requires and
     # verifies client certificates.
     tls_cert: str = ""
@@ -80,10 +110,26 @@ class ReceiverSettings:
     # bounded even against hostile length fields.
     max_pdu: int = 4 * 1024 * 1024
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is not a TCP port")
+        if not is_ae_title(self.aet):
+            raise ConfigError(f"aet {self.aet!r} must be 1-16 ASCII characters")
+        if self.max_associations < 1 or self.max_associations_per_peer < 1:
+            raise ConfigError("max_associations and max_associations_per_peer must be at least 1")
+        for aet in self.allowed_calling_aets:
+            if not is_ae_title(aet):
+                raise ConfigError(f"allowed_calling_aets: {aet!r} is not an AE title")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key go together")
+        if self.tls_ca and not self.tls_cert:
+            raise ConfigError("tls_ca needs tls_cert and tls_key")
+        if 0 < self.max_pdu < 4096:
+            raise ConfigError("max_pdu must be 0 (unlimited) or at least 4096")
 
-@dataclass
-class StoreSettings:
-    path: Path = field(default_factory=default_store_path)
+
+class StoreSettings(_Table):
+    path: Path = msgspec.field(default_factory=default_store_path)
     # Disk bounds, applied by the process that owns the store (station serve): least
     # recently used scans go first; pinned, pending, alarmed and recently opened never.
     quota_gb: float = 0.0  # 0 = no quota
@@ -91,16 +137,18 @@ class StoreSettings:
     evict_interval_s: float = 60.0
 
 
-@dataclass
-class UiSettings:
+class UiSettings(_Table):
     mode: str = "airport"  # "airport" (bag/OOI, MHU) or "clinic" (patient, HU)
     keymap: str = ""  # a keymap file overriding resources/keymap.toml ("": <config dir>/keymap.toml)
     undo_window_s: float = 10.0  # Ctrl+Z withdraws the last decision for this long
     alarms_first: bool = False  # triage queue order: alarmed scans first (else arrival order)
 
+    def __post_init__(self) -> None:
+        if self.mode not in {"airport", "clinic"}:
+            raise ConfigError("mode must be 'airport' or 'clinic'")
 
-@dataclass
-class SimulatorSettings:
+
+class SimulatorSettings(_Table):
     interval_s: float = 6.0
     slices: int = 96
     size: int = 256
@@ -108,125 +156,280 @@ class SimulatorSettings:
     dicos_every: int = 3  # every n-th bag is sent as a DICOS multi-frame CT
 
 
-@dataclass
-class DetectSettings:
+class DetectSettings(_Table):
     enabled: bool = True  # run the built-in detector on every CT scan that arrives
     quiet_time_s: float = 2.0  # a classic series is complete after this long without a slice
 
 
-@dataclass
-class Settings:
-    receiver: ReceiverSettings = field(default_factory=ReceiverSettings)
-    store: StoreSettings = field(default_factory=StoreSettings)
-    ui: UiSettings = field(default_factory=UiSettings)
-    simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
-    detect: DetectSettings = field(default_factory=DetectSettings)
-    source: Path | None = None  # the file these settings came from, if any
+# --------------------------------------------------------------------------- [[remotes]]
 
 
-def table_array(entries: Any, section: str, origin: str | os.PathLike[str],
-                keys: Iterable[str]) -> list[tuple[str, Mapping[str, Any]]]:
-    """The tables of a ``[[section]]`` array (as ``tomllib`` returns it), each with its
-    place for error messages ("FILE: [[section]] #N"). ConfigError when the section is
-    not an array of tables, an entry is not a table, or it has a key not in ``keys``
-    (a typo must never fall back to a default)."""
-    if not isinstance(entries, list):
-        raise ConfigError(f"{origin}: {section} must be an array of tables ([[{section}]])")
-    allowed = set(keys)
-    tables = []
-    for i, entry in enumerate(entries, 1):
-        where = f"{origin}: [[{section}]] #{i}"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where} must be a table")
-        unknown = sorted(set(entry) - allowed)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}")
-        tables.append((where, entry))
-    return tables
+class RemoteSettings(_Table):
+    """One ``[[remotes]]`` entry (see ``station.core.remote.remotes``). ``dicomweb`` empty
+    means DIMSE only; ``aet`` empty means DICOMweb only. Secrets are resolved with
+    ``secret()`` and never shown by ``repr``."""
 
+    name: str
+    dicomweb: str = ""
+    auth: str = "none"
+    username: str = ""
+    password: str = ""
+    password_env: str = ""
+    token: str = ""
+    token_env: str = ""
+    ca_bundle: Path | None = None
+    verify: bool = True
+    timeout: float = DEFAULT_TIMEOUT_S
+    aet: str = ""
+    host: str = ""
+    port: int = 0
+    calling_aet: str = DEFAULT_CALLING_AET
 
-def coerce_setting(kind: type, value: Any, where: str, *, echo: bool = True) -> Any:
-    """A TOML value checked against (and converted to) the type of the setting it sets.
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__struct_fields__ if f not in ("password", "token"))
+        return f"RemoteSettings({shown})"
 
-    `where` names the file, section and key for the error message. ``echo=False`` keeps
-    the value out of the message (it may be a secret typed under the wrong key).
-    """
-    if kind is Path or issubclass(kind, Path):
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a path string")
-        return Path(value).expanduser()
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false")
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ConfigError("name must not be empty")
+        if not self.has_dicomweb and not (self.aet or self.host or self.port):
+            raise ConfigError(f"remote {self.name!r} needs a dicomweb URL or aet/host/port")
+        if self.dicomweb:
+            parts = urlsplit(self.dicomweb)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"remote {self.name!r}: dicomweb must be an http:// or https:// URL")
+            if parts.username or parts.password:
+                raise ConfigError(f"remote {self.name!r}: put credentials in username/password(_env), not in the URL")
+        if self.auth not in AUTH_KINDS:
+            raise ConfigError(f"remote {self.name!r}: auth must be one of {', '.join(AUTH_KINDS)}")
+        if self.auth == "basic" and not self.username:
+            raise ConfigError(f"remote {self.name!r}: auth = \"basic\" needs a username")
+        if self.auth == "basic" and not (self.password or self.password_env):
+            raise ConfigError(f"remote {self.name!r}: auth = \"basic\" needs password or password_env")
+        if self.auth == "bearer" and not (self.token or self.token_env):
+            raise ConfigError(f"remote {self.name!r}: auth = \"bearer\" needs token or token_env")
+        if self.timeout <= 0:
+            raise ConfigError(f"remote {self.name!r}: timeout must be positive")
+        if self.aet or self.host or self.port:
+            if not (self.aet and self.host and self.port):
+                raise ConfigError(f"remote {self.name!r}: a DIMSE peer needs all of aet, host and port")
+            if not (is_ae_title(self.aet) and self.aet.strip() == self.aet):
+                raise ConfigError(f"remote {self.name!r}: aet must be 1-16 ASCII characters")
+            if not 0 < self.port <= 65535:
+                raise ConfigError(f"remote {self.name!r}: port {self.port} is not a TCP port")
+        if not (is_ae_title(self.calling_aet) and self.calling_aet.strip() == self.calling_aet):
+            raise ConfigError(f"remote {self.name!r}: calling_aet must be 1-16 ASCII characters")
+
+    @property
+    def has_dicomweb(self) -> bool:
+        return bool(self.dicomweb)
+
+    @property
+    def has_dimse(self) -> bool:
+        return bool(self.aet and self.host and self.port)
+
+    @property
+    def tls_verify(self) -> bool | str:
+        """What an HTTP client's ``verify`` should be: the CA bundle's path when one is
+        configured (and checking is on), else True or False."""
+        return str(self.ca_bundle) if (self.verify and self.ca_bundle) else self.verify
+
+    def secret(self) -> str:
+        """The password (basic) or token (bearer), from its environment variable when one
+        is named, else from the file; "" for ``auth = "none"``. Raises ConfigError when
+        the named variable is not set, naming the variable (never its value)."""
+        if self.auth == "basic":
+            value, env = self.password, self.password_env
+        elif self.auth == "bearer":
+            value, env = self.token, self.token_env
+        else:
+            return ""
+        if env:
+            found = os.environ.get(env)
+            if found is None:
+                raise ConfigError(f"remote {self.name!r}: environment variable {env} is not set")
+            return found
         return value
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind is str and isinstance(value, str):
-        return value
-    if kind is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return list(value)
-    got = f", got {value!r}" if echo else ""
-    raise ConfigError(f"{where} must be of type {kind.__name__}{got}")
 
 
-def _coerce(section: str, key: str, value: Any, target: Any, origin: Path) -> Any:
-    return coerce_setting(Path if isinstance(target, Path) else type(target), value, f"{origin}: [{section}] {key}")
+# --------------------------------------------------------------------------- [[routing]]
+
+
+class MatchSettings(_Table):
+    """``match = { ... }`` of a routing rule: each key a string or a list of strings."""
+
+    modality: str | list[str] | None = None
+    sop_class: str | list[str] | None = None
+    alarm: str | list[str] | None = None
+    decision: str | list[str] | None = None
+
+
+class RouteSettings(_Table):
+    """One ``[[routing]]`` entry as written; ``station.net.routing.router.parse_routing``
+    checks it against the remotes and makes it a ``RoutingRule``."""
+
+    to: str | list[str] = msgspec.field(default_factory=list)
+    match: MatchSettings = msgspec.field(default_factory=MatchSettings)
+    via: str = ""
+    name: str = ""
+
+
+# --------------------------------------------------------------------------- [hooks] [outbox]
+
+
+class HooksSettings(_Table):
+    """The ``[hooks]`` section (see ``station.core.hooks.runner``). Read from a file,
+    ``scripts`` are absolute paths (relative ones resolve against the file's folder)."""
+
+    scripts: list[Path] = msgspec.field(default_factory=list)
+    quiet_time_s: float = 2.0
+    queue_size: int = 1000
+    slow_call_s: float = 1.0
+    stop_timeout_s: float = 5.0
+    process_workers: int = 1
+    options: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.quiet_time_s <= 0 or self.slow_call_s <= 0 or self.stop_timeout_s < 0:
+            raise ConfigError("quiet_time_s and slow_call_s must be positive, stop_timeout_s not negative")
+        if self.queue_size < 1 or self.process_workers < 1:
+            raise ConfigError("queue_size and process_workers must be at least 1")
+
+
+def hook_script_name(path: Path) -> str:
+    """The name a hook script goes by (its options table, its module, its log lines)."""
+    return re.sub(r"\W", "_", path.stem)
+
+
+class OutboxSettings(_Table):
+    """The ``[outbox]`` section (see ``station.core.routing.outbox``)."""
+
+    path: str = ""
+    retry_min_s: float = 1.0
+    retry_max_s: float = 15.0
+    keep_days: float = 7.0
+    stowrs_batch_mb: float = 64.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.retry_min_s <= self.retry_max_s:
+            raise ConfigError("needs 0 < retry_min_s <= retry_max_s")
+        if self.keep_days <= 0 or self.stowrs_batch_mb <= 0:
+            raise ConfigError("keep_days and stowrs_batch_mb must be positive")
+
+
+# --------------------------------------------------------------------------- the file
+
+
+class Settings(_Table):
+    receiver: ReceiverSettings = msgspec.field(default_factory=ReceiverSettings)
+    store: StoreSettings = msgspec.field(default_factory=StoreSettings)
+    ui: UiSettings = msgspec.field(default_factory=UiSettings)
+    simulator: SimulatorSettings = msgspec.field(default_factory=SimulatorSettings)
+    detect: DetectSettings = msgspec.field(default_factory=DetectSettings)
+    remotes: list[RemoteSettings] = msgspec.field(default_factory=list)
+    routing: list[RouteSettings] = msgspec.field(default_factory=list)
+    hooks: HooksSettings = msgspec.field(default_factory=HooksSettings)
+    outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
+    source: Path | None = None  # the file these settings came from, if any (not a key of the file)
+
+    def __post_init__(self) -> None:
+        names = [r.name for r in self.remotes]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"[[remotes]] {', '.join(map(repr, twice))} defined twice")
+
+
+def _path_hook(kind: type, value: Any) -> Any:
+    if kind is Path:
+        if isinstance(value, Path):
+            return value
+        if isinstance(value, str):
+            return Path(value).expanduser()
+        raise TypeError("must be a path string")
+    raise NotImplementedError(kind)
+
+
+_ERROR = re.compile(r"(?P<message>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.S)
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[([^\]]*)\]")
+
+
+def _readable(exc: msgspec.ValidationError, origin: str | os.PathLike[str]) -> ConfigError:
+    """msgspec's "Expected `int`, got `str` - at `$.receiver.port`" as "FILE: [receiver]
+    port must be of type int, got str". Never echoes a value (it may be a secret)."""
+    found = _ERROR.match(str(exc))
+    assert found is not None
+    message = found["message"]
+    parts = [name or (int(index) if index else key) for name, index, key in _PATH_PART.findall(found["path"] or "$")]
+    section, rest = "", parts  # "[receiver]" or "[[remotes]] #2", then the key within it
+    if parts:
+        if len(parts) > 1 and isinstance(parts[1], int):
+            section, rest = f"[[{parts[0]}]] #{parts[1] + 1}", parts[2:]
+        else:
+            section, rest = f"[{parts[0]}]", parts[1:]
+    where = f"{origin}: {section}" if section else f"{origin}"
+    key = "".join(f" item {p + 1}" if isinstance(p, int) else f".{'*' if p == '...' else p}" for p in rest).lstrip(".")
+    if unknown := re.fullmatch(r"Object contains unknown field `(.*)`", message):
+        if not section:
+            return ConfigError(f"{origin}: unknown section [{unknown[1]}]")
+        if not key:
+            return ConfigError(f"{origin}: unknown key {unknown[1]!r} in {section}")
+        return ConfigError(f"{where}: unknown {key} key {unknown[1]!r}")
+    if missing := re.fullmatch(r"Object missing required field `(.*)`", message):
+        return ConfigError(f"{where}: {f'{key}.' if key else ''}{missing[1]} is required")
+    if expected := re.fullmatch(r"Expected `(.*)`, got `(.*)`", message):
+        wanted = {"object": "a table", "array": "an array"}.get(expected[1])
+        subject = f"{where} {key}" if key else (where if section else f"{origin}: the file")
+        if wanted:
+            return ConfigError(f"{subject} must be {wanted}, got {expected[2]}")
+        return ConfigError(f"{subject} must be of type {expected[1]}, got {expected[2]}")
+    return ConfigError(f"{where}{f' {key}' if key else ''}: {message}")
+
+
+def settings_from_data(data: Mapping[str, Any], origin: str | os.PathLike[str] = "<settings>",
+                       base_dir: Path | None = None) -> Settings:
+    """Typed, checked settings from a parsed TOML document (``tomllib``'s dict); relative
+    hook scripts resolve against ``base_dir``. ConfigError names ``origin`` and the key."""
+    for section, why in REMOVED_SECTIONS.items():
+        if section in data:
+            raise ConfigError(f"{origin}: the [{section}] section was removed ({why}): delete it")
+    if "source" in data:
+        raise ConfigError(f"{origin}: unknown section [source]")
+    try:
+        settings = msgspec.convert(data, Settings, dec_hook=_path_hook)
+    except msgspec.ValidationError as exc:
+        raise _readable(exc, origin) from None
+    _resolve_hooks(settings.hooks, origin, base_dir)
+    return settings
+
+
+def _resolve_hooks(hooks: HooksSettings, origin: str | os.PathLike[str], base_dir: Path | None) -> None:
+    hooks.scripts = [(base_dir / p if base_dir is not None and not p.is_absolute() else p).resolve()
+                     for p in hooks.scripts]
+    for script in hooks.scripts:
+        if not script.is_file():
+            raise ConfigError(f"{origin}: [hooks] script {script} not found")
+    names = [hook_script_name(p) for p in hooks.scripts]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"{origin}: [hooks] two scripts are called {', '.join(twice)}: rename one")
+    unknown = sorted(set(hooks.options) - set(names))
+    if unknown:
+        raise ConfigError(f"{origin}: [hooks.options] {', '.join(unknown)}: no such script in [hooks] scripts")
 
 
 def load_settings(path: Path | None = None) -> Settings:
-    """Read settings from `path` (or the default location, if it exists).
-
-    Unknown sections or keys are errors, so a typo never silently falls back to a default.
-    """
-    settings = Settings()
+    """Read settings from `path` (or the default location, if it exists): the one read of
+    the file. Unknown sections or keys are errors, so a typo never falls back to a default."""
     explicit = path is not None
     path = Path(path) if path is not None else default_config_path()
     if not path.exists():
         if explicit:
             raise ConfigError(f"{path}: configuration file not found")
-        return settings
+        return Settings()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read configuration: {exc}") from exc
-    sections = {f.name for f in dataclasses.fields(Settings) if f.name != "source"}
-    for section, values in data.items():
-        if section not in sections:
-            # Later features (remotes, routing, hooks, outbox) own their own sections.
-            if section in {"remotes", "routing", "hooks", "cache", "outbox"}:
-                continue
-            raise ConfigError(f"{path}: unknown section [{section}]")
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: [{section}] must be a table")
-        target = getattr(settings, section)
-        known = {f.name for f in dataclasses.fields(target)}
-        for key, value in values.items():
-            if key not in known:
-                raise ConfigError(f"{path}: unknown key {key!r} in [{section}]")
-            setattr(target, key, _coerce(section, key, value, getattr(target, key), path))
-    _validate(settings, path)
+    settings = settings_from_data(data, path, path.parent)
     settings.source = path
     return settings
-
-
-def _validate(settings: Settings, origin: Path) -> None:
-    r = settings.receiver
-    if not 0 <= r.port <= 65535:
-        raise ConfigError(f"{origin}: [receiver] port {r.port} is not a TCP port")
-    if not r.aet or len(r.aet) > 16 or not r.aet.isascii() or "\\" in r.aet:
-        raise ConfigError(f"{origin}: [receiver] aet {r.aet!r} must be 1-16 ASCII characters")
-    if r.max_associations < 1 or r.max_associations_per_peer < 1:
-        raise ConfigError(f"{origin}: [receiver] max_associations and max_associations_per_peer must be at least 1")
-    for aet in r.allowed_calling_aets:
-        if not aet or len(aet) > 16 or not aet.isascii() or "\\" in aet:
-            raise ConfigError(f"{origin}: [receiver] allowed_calling_aets: {aet!r} is not an AE title")
-    if bool(r.tls_cert) != bool(r.tls_key):
-        raise ConfigError(f"{origin}: [receiver] tls_cert and tls_key go together")
-    if r.tls_ca and not r.tls_cert:
-        raise ConfigError(f"{origin}: [receiver] tls_ca needs tls_cert and tls_key")
-    if 0 < r.max_pdu < 4096:
-        raise ConfigError(f"{origin}: [receiver] max_pdu must be 0 (unlimited) or at least 4096")
-    if settings.ui.mode not in {"airport", "clinic"}:
-        raise ConfigError(f"{origin}: [ui] mode must be 'airport' or 'clinic'")

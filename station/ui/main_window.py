@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
-from PySide6.QtCore import QObject, Qt, QTimer
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from station.core.config import ConfigError, Settings
+from station.core.config import Settings
 from station.core.events import (
     AssociationClosed,
     AssociationOpened,
@@ -36,7 +36,6 @@ from station.core.events import (
 )
 from station.core.triage.alerts import Alert, AlertBook
 from station.core.imaging.mpr import ThreatBox
-from station.core.remote.remotes import load_remotes
 from station.core.imaging.volume import FrameVolume
 from station.net.remote.series import PullProgress
 from station.core.dicom.sopclasses import DICOS_TDR
@@ -235,7 +234,7 @@ class MainWindow(QMainWindow):
         self.routing_label.setToolTip("Outgoing routing queue (Ctrl+Shift+R shows it)")
 
         # -- remote stores ([[remotes]]): searched from the browser, viewed as frames arrive
-        self.remotes = remotes if remotes is not None else _load_remote_stores(settings, self)
+        self.remotes = remotes if remotes is not None else RemoteStores.from_settings(settings.remotes, parent=self)
         self.remote_open: str | None = None  # the remote whose series the viewer shows
         self.remotes.seriesOpened.connect(self._on_remote_opened)
         self.remotes.openFailed.connect(self._on_remote_failed)
@@ -662,19 +661,6 @@ class MainWindow(QMainWindow):
         self.browser_dock.widget().shutdown()
         self.remotes.shutdown()
         super().closeEvent(event)
-
-
-def _load_remote_stores(settings: Settings, parent: QObject) -> RemoteStores:
-    """The ``[[remotes]]`` of the settings file; none (with a logged error) when that
-    section is wrong: a typo there must not keep the station from starting."""
-    try:
-        remotes = load_remotes(settings.source)
-    except ConfigError as exc:
-        LOGGER.error("remote stores not available: %s", exc)
-        stores = RemoteStores([], parent=parent)
-        stores.errors.append(str(exc))
-        return stores
-    return RemoteStores.from_settings(remotes, parent=parent)
 
 
 def _esc(text: str) -> str:

@@ -33,7 +33,6 @@ from station.core.hooks.runner import (
     HooksSettings,
     ScanCompleted,
     ScanTracker,
-    load_hooks_settings,
 )
 from station.core.dicom.sopclasses import DICOS_TDR
 from station.core.store.store import Store
@@ -92,10 +91,11 @@ def test_hooks_settings_resolve_scripts_and_reject_mistakes(tmp_path):
     _script(tmp_path / "hooks", "one", "def register(api):\n    pass\n")
     config = tmp_path / "station.toml"
     config.write_text('[hooks]\nscripts = ["hooks/one.py"]\nquiet_time_s = 0.5\n[hooks.options.one]\nx = 1\n')
-    hs = load_hooks_settings(config)
+    settings = load_settings(config)
+    hs = settings.hooks
+    assert settings.source == config
     assert hs.scripts == [(tmp_path / "hooks" / "one.py").resolve()]
     assert hs.quiet_time_s == 0.5 and hs.options == {"one": {"x": 1}}
-    assert load_settings(config).source == config  # the main loader leaves [hooks] to us
     for text, message in [
         ('[hooks]\nscripts = ["missing.py"]\n', "not found"),
         ('[hooks]\nquiet = 1\n', "unknown key 'quiet'"),
@@ -104,7 +104,7 @@ def test_hooks_settings_resolve_scripts_and_reject_mistakes(tmp_path):
     ]:
         config.write_text(text)
         with pytest.raises(ConfigError, match=message):
-            load_hooks_settings(config)
+            load_settings(config)
 
 
 def test_a_broken_script_stops_the_start_with_its_name(tmp_path):

@@ -14,7 +14,7 @@ from tests.dicom_factory import make_ct_files
 
 def test_eviction_keeps_alarmed_and_recently_opened_scans(store, tmp_path):
     later = time.time() + 3600  # past the receiving grace and the pending window
-    old, opened, plain = (store.import_paths([f])[0][0].series_uid
+    old, opened, plain = (store.import_paths([f]).stored[0].series_uid
                           for f in (make_ct_files(tmp_path / n, n=2, size=64)[0] for n in "abc"))
     store.touch(old, now=later - 3000)      # least recently used of all...
     store.touch(opened, now=later - 60)     # ...this one was opened a minute ago

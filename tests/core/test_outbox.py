@@ -10,7 +10,7 @@ import pytest
 
 from station.core.config import ConfigError, load_settings
 from station.core.hooks.runner import ScanCompleted
-from station.core.routing.outbox import Outbox, OutboxReader, load_outbox_settings, outbox_path, retry_delay
+from station.core.routing.outbox import Outbox, OutboxReader, outbox_path, retry_delay
 
 
 def scan(key: str = "SE1", paths: tuple[str, ...] = ("/s/a", "/s/b"), study: str = "ST1", **kw) -> ScanCompleted:
@@ -116,7 +116,7 @@ def test_outbox_settings_and_path(tmp_path):
         retry_max_s = 30
     """))
     settings = load_settings(config)
-    assert load_outbox_settings(config).retry_max_s == 30.0
+    assert settings.outbox.retry_max_s == 30.0
     assert outbox_path(settings) == tmp_path / "store" / "outbox.sqlite3"
     config.write_text(f'[outbox]\npath = "{tmp_path / "x.db"}"\n')
     assert outbox_path(load_settings(config)) == tmp_path / "x.db"
@@ -124,4 +124,4 @@ def test_outbox_settings_and_path(tmp_path):
                  '[outbox]\npath = 3\n'):
         config.write_text(text)
         with pytest.raises(ConfigError):
-            load_outbox_settings(config)
+            load_settings(config)

@@ -6,8 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from station.core.config import ConfigError, load_settings
-from station.core.remote.remotes import RemoteSettings, find_remote, load_remotes, parse_remotes
+from station.core.config import ConfigError, load_settings, settings_from_data
+from station.core.remote.remotes import RemoteSettings, find_remote
+
+
+def parse_remotes(entries):
+    return settings_from_data({"remotes": entries}).remotes
 
 TOML = """
 [receiver]
@@ -36,8 +40,7 @@ password = "hunter2"
 def test_load_from_the_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     path = tmp_path / "station.toml"
     path.write_text(TOML)
-    load_settings(path)  # the main loader leaves [[remotes]] alone
-    remotes = load_remotes(path)
+    remotes = load_settings(path).remotes
     assert [r.name for r in remotes] == ["archive", "clinic"]
     archive = find_remote(remotes, "archive")
     assert archive.ca_bundle == Path("/etc/station/ca.pem")
@@ -99,6 +102,6 @@ def test_duplicate_names_and_unknown_remote():
 def test_no_default_file_means_no_remotes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert load_remotes() == []
+    assert load_settings().remotes == []
     with pytest.raises(ConfigError, match="not found"):
-        load_remotes(tmp_path / "missing.toml")
+        load_settings(tmp_path / "missing.toml")

@@ -140,11 +140,12 @@ def test_import_keeps_going_past_bad_files_and_names_them(store, tmp_path):
     make_ct_files(folder, n=3)
     (folder / "notes.txt").write_text("not an image")
     (folder / "truncated.dcm").write_bytes(make_ct_files(tmp_path / "t", n=1)[0].read_bytes()[:200])
-    stored, errors = store.import_paths([folder])
-    assert len(stored) == 3
-    assert len(errors) == 2
-    assert any("notes.txt" in e for e in errors)
-    assert any("truncated.dcm" in e for e in errors)
+    result = store.import_paths([folder])
+    assert len(result.stored) == 3
+    # notes.txt is not DICOM at all: ignored; the truncated Part 10 file is an error
+    assert result.ignored == [folder / "notes.txt"]
+    assert len(result.errors) == 1
+    assert "truncated.dcm" in result.errors[0]
 
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "rtplan.dcm"])

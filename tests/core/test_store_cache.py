@@ -24,9 +24,9 @@ DAY = 86400.0
 
 def _add_series(store: Store, tmp_path: Path, name: str, n: int = 3) -> str:
     files = make_ct_files(tmp_path / name, n, patient_id=name)
-    stored, errors = store.import_paths(files)
-    assert not errors
-    return stored[0].series_uid
+    result = store.import_paths(files)
+    assert not result.errors and not result.ignored
+    return result.stored[0].series_uid
 
 
 def _age(store: Store, uid: str, received: float) -> None:

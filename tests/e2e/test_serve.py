@@ -140,7 +140,8 @@ def test_send_import_and_ls_commands(tmp_path, free_port):
     assert "sent 8 files, 0 failed" in sent.stdout
     assert store_ls(tmp_path / "store")[0]["instances"] == 8
 
-    (tmp_path / "junk.dcm").write_bytes(b"junk")
+    # A DICOM file (preamble and "DICM") that cannot be stored is an error and named.
+    (tmp_path / "junk.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"junk")
     imported = subprocess.run([sys.executable, "-m", "station", "import", "--store", str(tmp_path / "other"),
                                str(tmp_path / "bag"), str(tmp_path / "junk.dcm")],
                               capture_output=True, text=True, timeout=120)
@@ -151,6 +152,32 @@ def test_send_import_and_ls_commands(tmp_path, free_port):
     (row,) = store_ls(tmp_path / "other")
     assert row["series_uid"] == ds.SeriesInstanceUID
     assert row["patient_id"] == ds.PatientID
+
+
+def test_importing_a_synth_folder_ignores_what_is_not_dicom(tmp_path):
+    out = tmp_path / "synth"
+    made = subprocess.run([sys.executable, "-m", "station", "synth", "ct", "--out", str(out),
+                           "--slices", "8", "--size", "32", "--seed", "3"], capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert (out / "truth.json").is_file()
+    (out / "README").write_text("Synthetic bag, seed 3.\n")  # as a site would leave one
+    imported = subprocess.run([sys.executable, "-m", "station", "import", "--store", str(tmp_path / "store"), str(out)],
+                              capture_output=True, text=True, timeout=120)
+    assert imported.returncode == 0, imported.stderr
+    assert f"ignored (not DICOM): {out / 'truth.json'}" in imported.stderr
+    assert f"ignored (not DICOM): {out / 'README'}" in imported.stderr
+    assert "skipped" not in imported.stderr
+    assert "imported 8 instances, 0 skipped, 2 ignored (not DICOM)" in imported.stdout
+    (row,) = store_ls(tmp_path / "store")
+    assert row["instances"] == 8
+    # A DICOM file there that cannot be stored still makes the import fail, naming it.
+    first = sorted(out.glob("*.dcm"))[0]
+    (out / "cut.dcm").write_bytes(first.read_bytes()[:300])
+    again = subprocess.run([sys.executable, "-m", "station", "import", "--store", str(tmp_path / "store"), str(out)],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1
+    assert f"skipped {out / 'cut.dcm'}" in again.stderr
+    assert "1 skipped, 2 ignored (not DICOM)" in again.stdout
 
 
 def test_send_to_nobody_fails_with_a_clear_message(tmp_path, free_port):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from station.testing.orthanc import OrthancServer
-from station.core.config import Settings
+from station.core.config import ConfigError, Settings, load_settings
 from station.core.remote.remotes import RemoteSettings
 from station.ui.browser.browser import CacheBrowser
 from station.ui.main_window import MainWindow
@@ -214,9 +214,8 @@ def test_remotes_come_from_the_settings_file_and_a_bad_one_only_costs_a_message(
     config = tmp_path / "station.toml"
     config.write_text(f'[[remotes]]\nname = "archive"\ndicomweb = "{orthanc.dicomweb_url}"\n'
                       '[[remotes]]\nname = "dead"\ndicomweb = "http://127.0.0.1:9/dicom-web"\ntimeout = 2\n')
-    settings = Settings()
+    settings = load_settings(config)
     settings.store.path = tmp_path / "store"
-    settings.source = config
     window = MainWindow(store, bridge, settings)
     qtbot.addWidget(window)
     assert window.remotes.names == ["archive", "dead"]
@@ -230,7 +229,16 @@ def test_remotes_come_from_the_settings_file_and_a_bad_one_only_costs_a_message(
     assert "unreachable" in window.viewer.placeholder_text
     window.close()
 
+    # A remote the file cannot describe stops the start (the one read of the file refuses
+    # it, naming the entry); one whose secret is missing at run time costs a message.
     config.write_text('[[remotes]]\nname = "broken"\nauth = "bearer"\ndicomweb = "http://x/dicom-web"\n')
+    with pytest.raises(ConfigError, match=r"\[\[remotes\]\] #1: remote 'broken': .*token"):
+        load_settings(config)
+    monkeypatch.delenv("station_test_token", raising=False)
+    config.write_text('[[remotes]]\nname = "broken"\nauth = "bearer"\ndicomweb = "http://x/dicom-web"\n'
+                      'token_env = "station_test_token"\n')
+    settings = load_settings(config)
+    settings.store.path = tmp_path / "store"
     window = MainWindow(store, bridge, settings)
     qtbot.addWidget(window)
     browser = window.browser_dock.widget()

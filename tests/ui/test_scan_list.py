@@ -23,10 +23,10 @@ def import_series(store, ct_files):
     """``import_series(pid, n)`` writes and imports a CT series; returns its series UID."""
 
     def run(patient_id: str, n: int = 2, **kw) -> str:
-        stored, errors = store.import_paths(ct_files(n, patient_id=patient_id, **kw))
-        assert not errors
+        result = store.import_paths(ct_files(n, patient_id=patient_id, **kw))
+        assert not result.errors and not result.ignored
         time.sleep(0.01)  # distinct arrival times
-        return stored[0].series_uid
+        return result.stored[0].series_uid
 
     return run
 

@@ -1,6 +1,7 @@
 """Scripting hooks: sites extend the station with a few lines of Python.
 
-Configuration (``[hooks]`` in the station's TOML file; every key optional)::
+Configuration (``[hooks]`` in the station's TOML file, read with the rest of it into
+``settings.hooks``, a ``station.core.config.HooksSettings``; every key optional)::
 
     [hooks]
     scripts = ["forward_alarms.py", "/etc/station/decisions_csv.py"]  # relative: to this file
@@ -55,19 +56,17 @@ import importlib.util
 import logging
 import multiprocessing
 import pickle
-import re
 import sys
 import threading
 import time
-import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import SimpleQueue
 from typing import Any, Protocol
 
-from station.core.config import ConfigError
+from station.core.config import ConfigError, HooksSettings, hook_script_name
 from station.core.events import EventBus, InstanceStored
 from station.core.dicom.sopclasses import DICOS_TDR
 
@@ -87,8 +86,6 @@ __all__ = [
     "StationStarted",
     "StationStopping",
     "is_report",
-    "load_hooks_settings",
-    "parse_hooks_settings",
 ]
 
 HOOKS: tuple[str, ...] = (
@@ -199,89 +196,6 @@ _HOOK_OF: dict[type, str] = {
 def is_report(sop_class_uid: str, modality: str = "") -> bool:
     """True for a DICOS Threat Detection Report (routed and tracked one instance at a time)."""
     return sop_class_uid == DICOS_TDR or (not sop_class_uid and modality.upper() == "TDR")
-
-
-# --------------------------------------------------------------------------- settings
-
-
-@dataclass
-class HooksSettings:
-    """The ``[hooks]`` section, typed. ``scripts`` are absolute paths."""
-
-    scripts: list[Path] = field(default_factory=list)
-    quiet_time_s: float = 2.0
-    queue_size: int = 1000
-    slow_call_s: float = 1.0
-    stop_timeout_s: float = 5.0
-    process_workers: int = 1
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-_HOOK_KEYS: dict[str, type] = {
-    "scripts": list, "quiet_time_s": float, "queue_size": int, "slow_call_s": float,
-    "stop_timeout_s": float, "process_workers": int, "options": dict,
-}
-
-
-def parse_hooks_settings(data: Mapping[str, Any], origin: str | Path = "<hooks>", base_dir: Path | None = None) -> HooksSettings:
-    """Typed ``[hooks]`` from the parsed table; relative script paths resolve against
-    ``base_dir`` (the configuration file's folder). ConfigError names the key."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{origin}: [hooks] must be a table")
-    out = HooksSettings()
-    for key, value in data.items():
-        kind = _HOOK_KEYS.get(key)
-        if kind is None:
-            raise ConfigError(f"{origin}: unknown key {key!r} in [hooks]")
-        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = float(value)
-        elif kind is int and isinstance(value, int) and not isinstance(value, bool):
-            pass
-        elif kind is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
-            value = [_script_path(v, base_dir) for v in value]
-        elif kind is dict and isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()):
-            value = {str(k): dict(v) for k, v in value.items()}
-        else:
-            raise ConfigError(f"{origin}: [hooks] {key} must be of type {kind.__name__}")
-        setattr(out, key, value)
-    if out.quiet_time_s <= 0 or out.slow_call_s <= 0 or out.stop_timeout_s < 0:
-        raise ConfigError(f"{origin}: [hooks] quiet_time_s and slow_call_s must be positive, stop_timeout_s not negative")
-    if out.queue_size < 1 or out.process_workers < 1:
-        raise ConfigError(f"{origin}: [hooks] queue_size and process_workers must be at least 1")
-    for script in out.scripts:
-        if not script.is_file():
-            raise ConfigError(f"{origin}: [hooks] script {script} not found")
-    names = [_script_name(p) for p in out.scripts]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ConfigError(f"{origin}: [hooks] two scripts are called {', '.join(twice)}: rename one")
-    unknown = sorted(set(out.options) - set(names))
-    if unknown:
-        raise ConfigError(f"{origin}: [hooks.options] {', '.join(unknown)}: no such script in [hooks] scripts")
-    return out
-
-
-def load_hooks_settings(path: str | Path | None) -> HooksSettings:
-    """The ``[hooks]`` section of the configuration file (defaults when there is none)."""
-    if path is None or not Path(path).exists():
-        return HooksSettings()
-    file = Path(path)
-    try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{file}: cannot read configuration: {exc}") from exc
-    return parse_hooks_settings(data.get("hooks", {}), file, file.parent)
-
-
-def _script_path(value: str, base_dir: Path | None) -> Path:
-    p = Path(value).expanduser()
-    if not p.is_absolute() and base_dir is not None:
-        p = base_dir / p
-    return p.resolve()
-
-
-def _script_name(path: Path) -> str:
-    return re.sub(r"\W", "_", path.stem)
 
 
 # --------------------------------------------------------------------------- scan completion
@@ -710,7 +624,7 @@ class HookRunner:
     def load(self) -> None:
         """Import every configured script and call its ``register(api)``."""
         for path in self.settings.scripts:
-            name = _script_name(path)
+            name = hook_script_name(path)
             script = _Script(name, path, self.settings.queue_size, self.settings.slow_call_s)
             try:
                 module = _load_module(script.module_name, path)

@@ -21,7 +21,8 @@ study (rules may match on them, and they often arrive after the scan), study rou
 (``api.forward`` of a study: scans that complete later follow) and a small status table
 (hook counters) for the GUI.
 
-Configuration (``[outbox]``, every key optional)::
+Configuration (``[outbox]``, every key optional; ``settings.outbox``, a
+``station.core.config.OutboxSettings``)::
 
     [outbox]
     path = ""            # default: <store>/outbox.sqlite3
@@ -41,14 +42,13 @@ import logging
 import sqlite3
 import threading
 import time
-import tomllib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from station.core.config import ConfigError
+from station.core.config import OutboxSettings, Settings
 from station.core.hooks.runner import ScanCompleted
 
 LOGGER = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ __all__ = [
     "Outbox",
     "OutboxReader",
     "OutboxSettings",
-    "load_outbox_settings",
     "outbox_path",
     "retry_delay",
 ]
@@ -138,53 +137,10 @@ CREATE TABLE IF NOT EXISTS status (key TEXT PRIMARY KEY, value TEXT NOT NULL, up
 # --------------------------------------------------------------------------- settings
 
 
-@dataclass
-class OutboxSettings:
-    """The ``[outbox]`` section, typed."""
-
-    path: str = ""
-    retry_min_s: float = 1.0
-    retry_max_s: float = 15.0
-    keep_days: float = 7.0
-    stowrs_batch_mb: float = 64.0
-
-
-def parse_outbox_settings(data: Mapping[str, Any], origin: str | Path = "<outbox>") -> OutboxSettings:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{origin}: [outbox] must be a table")
-    out = OutboxSettings()
-    for key, value in data.items():
-        if not hasattr(out, key):
-            raise ConfigError(f"{origin}: unknown key {key!r} in [outbox]")
-        default = getattr(out, key)
-        if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = float(value)
-        elif not isinstance(value, type(default)) or isinstance(value, bool):
-            raise ConfigError(f"{origin}: [outbox] {key} must be of type {type(default).__name__}")
-        setattr(out, key, value)
-    if not 0 < out.retry_min_s <= out.retry_max_s:
-        raise ConfigError(f"{origin}: [outbox] needs 0 < retry_min_s <= retry_max_s")
-    if out.keep_days <= 0 or out.stowrs_batch_mb <= 0:
-        raise ConfigError(f"{origin}: [outbox] keep_days and stowrs_batch_mb must be positive")
-    return out
-
-
-def load_outbox_settings(path: str | Path | None) -> OutboxSettings:
-    """The ``[outbox]`` section of the configuration file (defaults when there is none)."""
-    if path is None or not Path(path).exists():
-        return OutboxSettings()
-    file = Path(path)
-    try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{file}: cannot read configuration: {exc}") from exc
-    return parse_outbox_settings(data.get("outbox", {}), file)
-
-
-def outbox_path(settings: Any) -> Path:
+def outbox_path(settings: Settings) -> Path:
     """Where the outbox of ``settings`` (a ``station.core.config.Settings``) lives; the GUI
     uses this to find the receiver process's outbox."""
-    configured = load_outbox_settings(getattr(settings, "source", None)).path
+    configured = settings.outbox.path
     if configured:
         return Path(configured).expanduser()
     return Path(settings.store.path).expanduser() / OUTBOX_NAME

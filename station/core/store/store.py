@@ -141,6 +141,21 @@ class InvalidInstanceError(StoreError):
     """The data is not a DICOM instance the store can index (missing UIDs, not DICOM)."""
 
 
+class NotDicomError(InvalidInstanceError):
+    """The file is not DICOM at all: no preamble and "DICM", and not readable as a bare
+    dataset with SOP Class and Instance UIDs (a README or a truth.json next to the images)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """What ``Store.import_paths`` did: ``stored``; ``errors``, one message per DICOM file
+    that could not be stored; ``ignored``, the files that are not DICOM at all."""
+
+    stored: list[InstanceStored]
+    errors: list[str]
+    ignored: list[Path]
+
+
 @dataclass(frozen=True, slots=True)
 class SeriesRow:
     """One series as the scan list and ``station store ls`` show it."""
@@ -900,18 +915,20 @@ class Store:
         except InvalidInstanceError as exc:
             raise InvalidInstanceError(f"{path}: {str(exc).split(': ', 1)[-1]}") from exc
 
-    def import_paths(self, paths: Iterable[str | os.PathLike[str]]) -> tuple[list[InstanceStored], list[str]]:
-        """Import files and folders (recursively); return what was stored and one error per bad file."""
-        stored: list[InstanceStored] = []
-        errors: list[str] = []
+    def import_paths(self, paths: Iterable[str | os.PathLike[str]]) -> ImportResult:
+        """Import files and folders (recursively). A DICOM file that cannot be stored is an
+        error naming it; a file that is not DICOM at all is only ignored."""
+        result = ImportResult([], [], [])
         for file in expand_paths(paths):
             try:
-                stored.append(self.import_file(file))
+                result.stored.append(self.import_file(file))
             except StoreFullError:
                 raise
+            except NotDicomError:
+                result.ignored.append(file)
             except StoreError as exc:
-                errors.append(str(exc))
-        return stored, errors
+                result.errors.append(str(exc))
+        return result
 
     def _index_file(self, file: Path, source: str) -> None:
         """Index a file already under ``objects/`` (header only; moved if misplaced)."""
@@ -1250,11 +1267,16 @@ class Store:
 
 
 def _to_part10(raw: bytes, origin: Path) -> bytes:
-    """Give a bare dataset (no preamble or file meta) a proper Part 10 wrapper."""
+    """Give a bare dataset (no preamble or file meta) a proper Part 10 wrapper.
+    NotDicomError when the bytes are not a dataset with SOP Class and Instance UIDs."""
     try:
         ds = pydicom.dcmread(io.BytesIO(raw), force=True)
-        if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
-            raise InvalidInstanceError(f"{origin}: not a DICOM file (no SOP Class/Instance UID)")
+        has_uids = "SOPInstanceUID" in ds and "SOPClassUID" in ds
+    except Exception as exc:  # pydicom raises many types for garbage input
+        raise NotDicomError(f"{origin}: not a DICOM file: {exc}") from exc
+    if not has_uids:
+        raise NotDicomError(f"{origin}: not a DICOM file (no SOP Class/Instance UID)")
+    try:
         ds.ensure_file_meta()
         meta = ds.file_meta
         meta.MediaStorageSOPClassUID = ds.SOPClassUID
@@ -1267,7 +1289,5 @@ def _to_part10(raw: bytes, origin: Path) -> bytes:
         out = io.BytesIO()
         ds.save_as(out, enforce_file_format=True)
         return out.getvalue()
-    except InvalidInstanceError:
-        raise
-    except Exception as exc:  # pydicom raises many types for garbage input
-        raise InvalidInstanceError(f"{origin}: not a DICOM file: {exc}") from exc
+    except Exception as exc:  # a dataset, but one pydicom cannot write back
+        raise InvalidInstanceError(f"{origin}: a bare dataset that cannot be stored: {exc}") from exc

@@ -207,7 +207,11 @@ class Receiver(ReceiverStatus):
         """Bind and start serving in background threads; raise ReceiverStartError if not possible."""
         if self._server is not None:
             return
-        reactor.install()
+        try:
+            reactor.install()
+        except reactor.UnsupportedPynetdicomError as exc:
+            self.bus.publish(ReceiverState(False, self.aet, self.settings.host, self.settings.port, str(exc)))
+            raise ReceiverStartError(str(exc)) from exc
         ae = self._make_ae()
         handlers = [
             (evt.EVT_C_STORE, self._on_c_store),

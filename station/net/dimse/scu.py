@@ -123,7 +123,10 @@ class DimseRemote:
     # ----------------------------------------------------------------- association
 
     def _ae(self) -> AE:
-        reactor.install()
+        try:
+            reactor.install()
+        except reactor.UnsupportedPynetdicomError as exc:
+            raise DimseError(str(exc)) from exc
         register_dicos_sop_classes()
         _config.LOG_HANDLER_LEVEL = "none"
         ae = AE(ae_title=self.calling_aet)

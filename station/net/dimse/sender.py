@@ -68,7 +68,10 @@ def send_files(
     cannot be reached or rejects the association; a file the peer refuses is recorded in
     ``failed`` with its status and the rest are still sent.
     """
-    reactor.install()
+    try:
+        reactor.install()
+    except reactor.UnsupportedPynetdicomError as exc:
+        raise SendError(str(exc)) from exc
     register_dicos_sop_classes()
     # Send files as they are on disk instead of decoding and re-encoding them.
     _config.STORE_SEND_CHUNKED_DATASET = True

@@ -811,21 +811,24 @@ def fetch_command(args: Any) -> int:
 
     from station.core.config import default_frame_cache_dir
     from station.core.remote.framecache import FrameCache
-    from station.core.remote.remotes import RemoteSettings, find_remote, load_remotes, validate_remote
+    from station.core.config import ConfigError, RemoteSettings, load_settings
+    from station.core.remote.remotes import find_remote
 
     if bool(args.remote) == bool(args.dicomweb):
         print("station fetch: give exactly one of --dicomweb URL or --remote NAME", file=sys.stderr)
         return 2
     if args.remote:
         config = getattr(args, "config", None)
-        remote = find_remote(load_remotes(Path(config) if config else None), args.remote)
+        remote = find_remote(load_settings(Path(config) if config else None).remotes, args.remote)
     else:
-        remote = RemoteSettings(
-            name="command line", dicomweb=args.dicomweb, auth=args.auth, username=args.user,
-            password_env=args.password_env, token_env=args.token_env,
-            ca_bundle=Path(args.ca_bundle) if args.ca_bundle else None, timeout=args.timeout,
-        )
-        validate_remote(remote, "station fetch")
+        try:
+            remote = RemoteSettings(
+                name="command line", dicomweb=args.dicomweb, auth=args.auth, username=args.user,
+                password_env=args.password_env, token_env=args.token_env,
+                ca_bundle=Path(args.ca_bundle) if args.ca_bundle else None, timeout=args.timeout,
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"station fetch: {exc}") from None
     if not remote.dicomweb:
         print(f"station fetch: remote {remote.name!r} has no dicomweb URL", file=sys.stderr)
         return 2

@@ -37,7 +37,6 @@ import logging
 import os
 import threading
 import time
-import tomllib
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ import requests
 from pydicom.uid import UID_dictionary
 from requests_toolbelt.streaming_iterator import StreamingIterator
 
-from station.core.config import ConfigError, table_array
+from station.core.config import ConfigError, RouteSettings, settings_from_data
 from station.core.hooks.runner import AlertRaised, DecisionRecorded, ScanCompleted
 from station.core.routing.outbox import Job, Outbox, OutboxSettings, retry_delay
 from station.core.remote.remotes import RemoteSettings
@@ -65,7 +64,6 @@ __all__ = [
     "RoutingRule",
     "VIAS",
     "default_via",
-    "load_routing",
     "parse_routing",
     "stow_rs",
 ]
@@ -78,7 +76,6 @@ _ALLOWED = {
     "alarm": ("ALARM", "CLEAR", "UNKNOWN", "NONE"),
     "decision": ("CLEAR", "SUSPECT", "THREAT", "NONE"),
 }
-_RULE_KEYS = ("match", "to", "via", "name")
 _CHUNK = 1 << 20
 
 _KEYWORD_TO_UID: dict[str, str] = {v[4]: k for k, v in UID_dictionary.items() if v[4]}
@@ -131,34 +128,34 @@ def _check_via(remote: RemoteSettings, via: str, where: str) -> None:
 def _strings(value: Any, where: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+    if not value or not all(value):
         raise ConfigError(f"{where} must be a string or a non-empty list of strings")
     return tuple(value)
 
 
-def parse_routing(entries: Any, remotes: Sequence[RemoteSettings], origin: str | os.PathLike[str] = "<routing>") -> list[RoutingRule]:
-    """Typed rules from the parsed ``[[routing]]`` list; ConfigError names the rule and key."""
+def parse_routing(entries: Sequence[RouteSettings | Mapping[str, Any]], remotes: Sequence[RemoteSettings],
+                  origin: str | os.PathLike[str] = "<routing>") -> list[RoutingRule]:
+    """Rules from the ``[[routing]]`` entries (``settings.routing``, or tables as ``tomllib``
+    returns them), checked against ``remotes``; ConfigError names the rule and key."""
     by_name = {r.name: r for r in remotes}
     rules = []
-    for i, (where, entry) in enumerate(table_array(entries, "routing", origin, _RULE_KEYS), 1):
-        if "to" not in entry:
+    for i, entry in enumerate(settings_from_data({"routing": list(entries)}, origin).routing, 1):
+        where = f"{origin}: [[routing]] #{i}"
+        if not entry.to:
             raise ConfigError(f"{where}: to (a remote's name) is required")
-        to = _strings(entry["to"], f"{where}: to")
-        via = entry.get("via", "")
-        if via and via not in VIAS:
+        to = _strings(entry.to, f"{where}: to")
+        if entry.via and entry.via not in VIAS:
             raise ConfigError(f"{where}: via must be one of {', '.join(VIAS)}")
         for name in to:
             if name not in by_name:
                 known = ", ".join(by_name) or "none configured"
                 raise ConfigError(f"{where}: no remote named {name!r} in [[remotes]] ({known})")
-            _check_via(by_name[name], via or default_via(by_name[name]), where)
-        match_table = entry.get("match", {})
-        if not isinstance(match_table, Mapping):
-            raise ConfigError(f"{where}: match must be a table, e.g. match = {{ modality = \"CT\" }}")
+            _check_via(by_name[name], entry.via or default_via(by_name[name]), where)
         match: dict[str, tuple[str, ...]] = {}
-        for key, value in match_table.items():
-            if key not in MATCH_KEYS:
-                raise ConfigError(f"{where}: unknown match key {key!r} (keys: {', '.join(MATCH_KEYS)})")
+        for key in MATCH_KEYS:
+            value = getattr(entry.match, key)
+            if value is None:
+                continue
             values = _strings(value, f"{where}: match.{key}")
             if key == "sop_class":
                 resolved = []
@@ -175,23 +172,8 @@ def parse_routing(entries: Any, remotes: Sequence[RemoteSettings], origin: str |
                 if key in _ALLOWED and not set(values) <= set(_ALLOWED[key]):
                     raise ConfigError(f"{where}: match.{key} must be among {', '.join(_ALLOWED[key])}")
             match[key] = values
-        name = entry.get("name", f"rule {i}")
-        if not isinstance(name, str):
-            raise ConfigError(f"{where}: name must be a string")
-        rules.append(RoutingRule(name, match, to, via))
+        rules.append(RoutingRule(entry.name or f"rule {i}", match, to, entry.via))
     return rules
-
-
-def load_routing(path: str | os.PathLike[str] | None, remotes: Sequence[RemoteSettings]) -> list[RoutingRule]:
-    """The ``[[routing]]`` rules of the configuration file (none when there is no file)."""
-    if path is None or not Path(path).exists():
-        return []
-    file = Path(path)
-    try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{file}: cannot read configuration: {exc}") from exc
-    return parse_routing(data.get("routing", []), remotes, file)
 
 
 # --------------------------------------------------------------------------- sending

@@ -877,10 +877,13 @@ class CacheBrowser(QWidget):
 
         def job() -> None:
             try:
-                stored, errors = store.import_paths([path])
+                result = store.import_paths([path])
             except StoreError as exc:  # the store is full: stop, say so
-                stored, errors = [], [str(exc)]
-            relay.imported.emit(len(stored), errors)
+                relay.imported.emit(0, [str(exc)])
+                return
+            # The status line names what was not imported, DICOM or not, as before.
+            relay.imported.emit(len(result.stored),
+                                result.errors + [f"ignored (not DICOM): {p}" for p in result.ignored])
 
         self._set_status(f"Importing {path}…")
         self._pool.start(_Task(job))

@@ -27,7 +27,9 @@ instance.
 
 ``install()`` patches the classes once per process; it is idempotent and checked by
 tests/net/test_reactor.py against pynetdicom's own behaviour (echo, store, release,
-abort, pause for SCU operations).
+abort, pause for SCU operations). With any other pynetdicom than SUPPORTED_PYNETDICOM it
+refuses (UnsupportedPynetdicomError): ``station serve`` does not start and the self-test
+fails, rather than serving without the PDU-length and stall protections.
 """
 
 from __future__ import annotations
@@ -1320,18 +1322,29 @@ def _send_pdata_directly(dul: Any, context_id: int, value: bytes) -> bool:
     return True
 
 
+class UnsupportedPynetdicomError(RuntimeError):
+    """The installed pynetdicom is not the one these changes were verified against."""
+
+
+def check_version() -> None:
+    """Raise UnsupportedPynetdicomError, naming both versions, unless pynetdicom is
+    SUPPORTED_PYNETDICOM: the receiver's bounds on PDU length and its stall timeout live in
+    the patched code, so running without it would silently drop them."""
+    if pynetdicom.__version__ != SUPPORTED_PYNETDICOM:
+        raise UnsupportedPynetdicomError(
+            f"pynetdicom {pynetdicom.__version__} is installed, but the station's changes to it "
+            f"(PDU-length and stall protections, event-driven reactors) are verified against "
+            f"pynetdicom {SUPPORTED_PYNETDICOM} only: install pynetdicom=={SUPPORTED_PYNETDICOM}"
+        )
+
+
 def install() -> None:
-    """Patch pynetdicom once for this process (idempotent)."""
+    """Patch pynetdicom once for this process (idempotent). UnsupportedPynetdicomError
+    when pynetdicom is not SUPPORTED_PYNETDICOM (see ``check_version``)."""
     global _installed
+    check_version()
     with _install_lock:
         if _installed:
-            return
-        if pynetdicom.__version__ != SUPPORTED_PYNETDICOM:
-            LOGGER.warning(
-                "pynetdicom %s is not %s: keeping its polling reactors",
-                pynetdicom.__version__, SUPPORTED_PYNETDICOM,
-            )
-            _installed = True
             return
         _dul.DULServiceProvider.run_reactor = _dul_run_reactor
         _dul.DULServiceProvider.kill_dul = _dul_kill
