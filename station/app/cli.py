@@ -130,7 +130,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.detect.enabled:
         from station.core.detection.service import DetectionService
 
-        detection = DetectionService(store, bus, quiet_s=settings.detect.quiet_time_s)
+        detection = DetectionService(store, bus, quiet_s=settings.detect.quiet_time_s,
+                                     site=settings.site.site())
         detection.start()
     services.start(store, bus, port=receiver.port)
     # Tests and scripts wait for this line; keep its shape.
@@ -362,7 +363,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from station.core.detection.detectors import DetectError, detect_main
 
     try:
-        result = detect_main(args.paths, tdr_out=args.tdr_out)
+        result = detect_main(args.paths, tdr_out=args.tdr_out, site=_settings(args).site.site())
     except DetectError as exc:
         print(f"station detect: {exc}", file=sys.stderr)
         return 2
@@ -379,7 +380,8 @@ def cmd_tdr_operator(args: argparse.Namespace) -> int:
     from station.core.dicos import DicosError, operator_tdr_main
 
     try:
-        summary = operator_tdr_main(args.machine_tdr, args.decision, args.operator, args.out)
+        summary = operator_tdr_main(args.machine_tdr, args.decision, args.operator, args.out,
+                                    site=_settings(args).site.site())
     except (DicosError, ValueError) as exc:
         print(f"station tdr operator: {exc}", file=sys.stderr)
         return 2

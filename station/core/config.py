@@ -31,12 +31,15 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 import platformdirs
+
+from station.core.dicos.site import Site
 
 APP_NAME = "inspection-station"
 
@@ -317,6 +320,32 @@ class OutboxSettings(_Table):
             raise ConfigError("keep_days and stowrs_batch_mb must be positive")
 
 
+class SiteSettings(_Table):
+    """``[site]``: who writes the station's DICOS objects (General Equipment and OOI
+    identity in every TDR; see station.core.dicos.site). The defaults give valid objects;
+    a site sets its own before go-live."""
+
+    institution_name: str = "Inspection Station"
+    institution_address: str = "not configured"
+    station_name: str = ""  # "": this machine's host name (16 characters at most)
+    device_serial_number: str = "UNSET"
+    ooi_id_assigning_authority: str = "INSPECTION STATION"  # when the scan names none
+    calibration: datetime | None = None  # last calibration; none: the time of writing
+
+    def __post_init__(self) -> None:
+        if len(self.station_name) > 16:
+            raise ConfigError("station_name holds 16 characters at most (DICOM SH)")
+        for key in ("institution_name", "device_serial_number", "ooi_id_assigning_authority"):
+            if len(getattr(self, key)) > 64:
+                raise ConfigError(f"{key} holds 64 characters at most (DICOM LO)")
+
+    def site(self) -> Site:
+        return Site(institution_name=self.institution_name, institution_address=self.institution_address,
+                    station_name=self.station_name, device_serial_number=self.device_serial_number,
+                    ooi_id_assigning_authority=self.ooi_id_assigning_authority,
+                    calibration=self.calibration)
+
+
 # --------------------------------------------------------------------------- the file
 
 
@@ -330,6 +359,7 @@ class Settings(_Table):
     routing: list[RouteSettings] = msgspec.field(default_factory=list)
     hooks: HooksSettings = msgspec.field(default_factory=HooksSettings)
     outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
+    site: SiteSettings = msgspec.field(default_factory=SiteSettings)
     source: Path | None = None  # the file these settings came from, if any (not a key of the file)
 
     def __post_init__(self) -> None:

@@ -135,7 +135,7 @@ class MainWindow(QMainWindow):
         left_layout.addWidget(self.scan_list, 1)
 
         # -- left, below: the alerts (from TDRs in the store: scanners' and our detector's)
-        self.alert_book = AlertBook(store)
+        self.alert_book = AlertBook(store, site=settings.site.site())
         self.alert_book.load()
         self.alert_panel = AlertPanel(self.alert_book, self.mode)
         self.alert_panel.alertActivated.connect(self._on_alert_activated)

@@ -195,3 +195,31 @@ def test_validate_reports_what_the_toolkit_refuses(dicos_ct, tmp_path):
                           str(notes)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 1  # the README is refused as not DICOM, the scan is valid
     assert '"valid": true' in run.stdout and "not a DICOM file" in run.stdout
+
+
+def test_site_settings_sign_the_tdrs_the_station_writes(dicos_ct, tmp_path):
+    config = tmp_path / "station.toml"
+    config.write_text('[site]\ninstitution_name = "Terminal 2 South"\ninstitution_address = "Gate B"\n'
+                      'station_name = "T2S-LANE4"\ndevice_serial_number = "SN-0042"\n'
+                      'ooi_id_assigning_authority = "T2S"\ncalibration = 2026-11-30T07:15:00\n')
+    machine, operator = tmp_path / "machine.dcm", tmp_path / "operator.dcm"
+    for args in (["detect", str(dicos_ct), "--tdr-out", str(machine), "--json"],
+                 ["tdr", "operator", "--machine-tdr", str(machine), "--decision", "THREAT",
+                  "--operator", "op-3", "--out", str(operator)]):
+        run = subprocess.run([sys.executable, "-m", "station", "--config", str(config), *args],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+    for path in (machine, operator):
+        toolkit_read("tdr", path)
+        ds = pydicom.dcmread(path)
+        assert (ds.InstitutionName, ds.InstitutionAddress, ds.StationName, ds.DeviceSerialNumber) == (
+            "Terminal 2 South", "Gate B", "T2S-LANE4", "SN-0042")
+        assert (ds.DateOfLastCalibration, ds.TimeOfLastCalibration) == ("20261130", "071500")
+        assert ds.IssuerOfPatientID == "SYNTH"  # the scan named its own authority: kept
+    person = pydicom.dcmread(operator).OperatorIdentificationSequence[0]
+    assert person.InstitutionName == "Terminal 2 South"
+
+    config.write_text('[site]\nstation_name = "A-NAME-LONGER-THAN-16"\n')
+    run = subprocess.run([sys.executable, "-m", "station", "--config", str(config), "detect", str(dicos_ct)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "[site]" in run.stderr and "station_name" in run.stderr

@@ -42,6 +42,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from scipy import ndimage
 
+from station.core.dicos.site import Site
 from station.core.dicos import Algorithm, Pto, ScanRef, scan_ref_from_volume, write_machine_tdr
 
 LOGGER = logging.getLogger(__name__)
@@ -607,7 +608,8 @@ def run_detectors_in_pool(
 
 
 def detect_main(
-    paths: Sequence[str | os.PathLike[str]], tdr_out: str | os.PathLike[str] | None = None
+    paths: Sequence[str | os.PathLike[str]], tdr_out: str | os.PathLike[str] | None = None,
+    *, site: Site | None = None,
 ) -> dict[str, Any]:
     """``station detect PATH... [--tdr-out FILE] --json``: run the built-in detector on
     one CT scan (files or folders) and return the alerts; with ``tdr_out`` also write the
@@ -641,7 +643,7 @@ def detect_main(
         tdr = write_machine_tdr(
             result.detections, tdr_out, scan=scan,
             algorithm=Algorithm(detector.name, detector.version, tuple(detector.parameters())),
-            processing_ms=(run.load_seconds + result.seconds) * 1000.0,
+            processing_ms=(run.load_seconds + result.seconds) * 1000.0, site=site,
         )
         out["tdr"] = {"path": str(tdr_out), "sop_instance_uid": tdr.sop_instance_uid,
                       "alarm_decision": tdr.alarm_decision}

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from station.core.detection.detectors import Detector, DetectionRun, DensityDetector, run_detectors_in_pool
 from station.core.detection.detectors import detectors as registered_detectors
+from station.core.dicos.site import Site
 from station.core.dicos import Algorithm, write_machine_tdr
 from station.core.events import EventBus, InstanceStored
 from station.core.hooks.runner import ScanTracker
@@ -61,8 +62,10 @@ class DetectionService:
     """
 
     def __init__(self, store: Store, bus: EventBus, *, quiet_s: float = 2.0,
-                 detectors: list[Detector] | None = None, workers: int = 1) -> None:
+                 detectors: list[Detector] | None = None, workers: int = 1,
+                 site: Site | None = None) -> None:
         self.store = store
+        self.site = site  # who signs the machine TDRs ([site] settings)
         self.bus = bus
         self.quiet_s = quiet_s
         # Default: every registered detector (the built-in one plus any a hook script
@@ -168,7 +171,7 @@ class DetectionService:
                 tdr = write_machine_tdr(
                     detections, out, scan=run.scan,
                     algorithm=Algorithm(names, versions, parameters),
-                    processing_ms=(time.monotonic() - started) * 1000.0,
+                    processing_ms=(time.monotonic() - started) * 1000.0, site=self.site,
                 )
                 stored = self.store.ingest([out.read_bytes()], source="station-detector")
             assert stored.sop_class_uid == DICOS_TDR

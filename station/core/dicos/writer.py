@@ -465,12 +465,13 @@ def write_operator_tdr(
 
 
 def operator_tdr_main(
-    machine_tdr: str | os.PathLike[str], decision: str, operator: str, out: str | os.PathLike[str]
+    machine_tdr: str | os.PathLike[str], decision: str, operator: str, out: str | os.PathLike[str],
+    *, site: Site | None = None,
 ) -> dict[str, Any]:
     """``station tdr operator --machine-tdr FILE --decision D --operator ID --out FILE``:
     write the operator TDR and return a summary (the CLI prints it as JSON). Raises
     TdrError for an unreadable machine TDR, ValueError for a bad decision/operator."""
-    tdr = write_operator_tdr(machine_tdr, decision, operator, out)
+    tdr = write_operator_tdr(machine_tdr, decision, operator, out, site=site)
     return {
         "path": str(out),
         "sop_instance_uid": tdr.sop_instance_uid,

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from station.core.dicos.site import Site
 from station.core.dicos import DicosError, Tdr, read_tdr, write_operator_tdr
 from station.core.dicom.sopclasses import DICOS_TDR
 from station.core.store.store import Store
@@ -97,8 +98,9 @@ class AlertBook:
     store and resolves the machine TDRs of that scan.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, site: Site | None = None) -> None:
         self.store = store
+        self.site = site  # who signs the operator TDRs ([site] settings)
         self._lock = threading.Lock()
         self._alerts: dict[str, Alert] = {}
         self._machine: dict[str, Tdr] = {}  # machine TDR UID -> TDR
@@ -223,7 +225,8 @@ class AlertBook:
             machine = self._machine[tdr_uid]
             with tempfile.TemporaryDirectory(prefix="station-decision-") as tmp:
                 out = Path(tmp) / "operator_tdr.dcm"
-                tdr = write_operator_tdr(machine, decision, operator, out, pto_marks=pto_marks, note=note)
+                tdr = write_operator_tdr(machine, decision, operator, out, pto_marks=pto_marks,
+                                         note=note, site=self.site)
                 self.store.ingest([out.read_bytes()], source=f"operator {operator}")
             with self._lock:
                 self._resolved[tdr_uid] = decision.upper()
