@@ -17,11 +17,13 @@ from platformdirs import user_config_dir
 from PySide6.QtGui import QAction, QKeySequence
 
 from station.core.resources import resource_path
+from station.ui.viewer.actions import ACTIONS as VIEWER_ACTIONS
+from station.ui.viewer.actions import MOUSE_HINTS
 
 LOGGER = logging.getLogger(__name__)
 
 APP_DIR_NAME = "inspection-station"
-SECTIONS = ("triage", "window")
+SECTIONS = ("triage", "window", "viewer")
 
 #: What each action is for, as the cheat sheet says it.
 DESCRIPTIONS = {
@@ -47,6 +49,7 @@ DESCRIPTIONS = {
     "window.follow": "Follow new scans",
     "window.focus_scans": "Focus the scan list",
     "window.store_browser": "Local store browser",
+    **{f"viewer.{a.name}": a.description for a in VIEWER_ACTIONS},
 }
 
 #: Main-window actions created elsewhere, by their text -> keymap name.
@@ -74,10 +77,9 @@ def _read(path: Path) -> dict:
 
 @dataclass
 class Keymap:
-    """action name ("triage.clear") -> key sequences, plus the viewer's fixed keys."""
+    """action name ("triage.clear", "viewer.fit") -> key sequences."""
 
     keys: dict[str, list[str]] = field(default_factory=dict)
-    viewer: dict[str, str] = field(default_factory=dict)
     sources: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -105,9 +107,6 @@ class Keymap:
     def _merge(self, data: dict, origin: Path, *, strict: bool) -> None:
         self.sources.append(origin)
         for section, values in data.items():
-            if section == "viewer" and isinstance(values, dict):
-                self.viewer.update({str(k): str(v) for k, v in values.items()})
-                continue
             if section not in SECTIONS or not isinstance(values, dict):
                 self._problem(f"{origin}: unknown keymap section [{section}]", strict)
                 continue
@@ -144,8 +143,8 @@ class Keymap:
                           for s in self.keys.get(name, [])) or "(unbound)"
 
     def rows(self) -> list[tuple[str, str, str]]:
-        """(group, keys, what) for every key: triage, window, viewer."""
-        out = [("Triage" if n.startswith("triage.") else "Window", self.text(n), DESCRIPTIONS[n])
+        """(group, keys, what) for every key: triage, window, viewer, and the mouse."""
+        out = [(n.split(".")[0].title(), self.text(n), DESCRIPTIONS[n])
                for n in DESCRIPTIONS if n in self.keys]
-        out += [("Viewer", keys, what) for keys, what in self.viewer.items()]
+        out += [("Viewer", mouse, what) for mouse, what in MOUSE_HINTS]
         return out

@@ -260,3 +260,31 @@ def test_scrolling_while_slices_arrive_shows_the_slice_it_reports(qtbot, viewer,
             # write_ct_slices: slice k lies at z = 2k and holds the value 10k.
             assert shown_value(viewer) == slice_value(round(info.position_mm[2] / 2.0))
     wait_loaded(qtbot, viewer, 80)
+
+
+def test_viewer_keys_are_named_actions_a_keymap_file_remaps(qtbot, viewer, ct_files, tmp_path):
+    """[viewer] in keymap.toml: every viewer key is an action; a user file moves one."""
+    from station.ui.keymap import Keymap
+
+    user = tmp_path / "keymap.toml"
+    user.write_text('[viewer]\nlast = "J"\npreset_3 = "Ctrl+3"\nnot_an_action = "Q"\n')
+    keymap = Keymap.load(user)
+    assert keymap.problems == [f"{user}: unknown action 'viewer.not_an_action'"]
+    viewer.set_keymap(keymap.keys)
+    viewer.set_series(None, ct_files(20))
+    wait_loaded(qtbot, viewer, 20)
+    viewer.set_index(0)
+    viewer.setFocus()
+    qtbot.keyClick(viewer, Qt.Key.Key_End)  # End no longer means "last"
+    assert viewer.current_index == 0
+    qtbot.keyClick(viewer, Qt.Key.Key_J)
+    assert viewer.current_index == 19
+    qtbot.keyClick(viewer, Qt.Key.Key_3)  # moved to Ctrl+3
+    assert viewer.window == (40.0, 400.0)
+    qtbot.keyClick(viewer, Qt.Key.Key_3, Qt.KeyboardModifier.ControlModifier)
+    assert viewer.window == (-600.0, 1500.0)
+    qtbot.keyClick(viewer, Qt.Key.Key_Question, Qt.KeyboardModifier.ShiftModifier)  # "?" typed with Shift
+    assert viewer._help
+    rows = keymap.rows()
+    assert ("Viewer", "J", "Last slice") in rows
+    assert {r[2] for r in rows if r[0] == "Viewer"} >= {"Centre the next threat box", "Ruler", "Zoom in"}

@@ -209,6 +209,7 @@ class TriageController(QObject):
         except KeymapError as exc:  # the default file itself is broken: a packaging bug
             LOGGER.error("%s", exc)
             self.keymap = Keymap()
+        window.viewer.set_keymap(self.keymap.keys)  # the viewer's keys from the same file
         self.undo_window_s = float(getattr(ui, "undo_window_s", 10.0))
         self.queue = TriageQueue(alarms_first=bool(getattr(ui, "alarms_first", False)))
         self.audit: AuditLog | None

@@ -60,6 +60,8 @@ from station.core.imaging.mpr import (
     roi_stats,
 )
 from station.core.imaging.volume import FrameVolume, SeriesVolume, SliceInfo, SliceNotLoaded, VolumeError
+from station.ui.keymap import Keymap
+from station.ui.viewer.actions import KeyBindings
 from station.ui.viewer.colormaps import COLORMAP_TITLES, COLORMAPS, lut_for, material_lut
 from station.ui.viewer.pane import BACKGROUND, PaneImageItem, PaneViewBox, Shape, ViewPane
 
@@ -444,6 +446,7 @@ class SliceViewer(QWidget):
         self.setMouseTracking(True)
         self._mode = mode
         self._layout = layout
+        self._bindings: KeyBindings | None = None  # viewer actions by key (set_keymap)
         self._volume: SeriesVolume | None = None
         self._empty_message = ""
         self._store: SliceStore | None = None
@@ -1722,85 +1725,21 @@ class SliceViewer(QWidget):
 
     # -- input ----------------------------------------------------------------------------
 
+    def set_keymap(self, keys: Mapping[str, list[str]]) -> None:
+        """Which keys trigger which viewer action (a Keymap's ``keys``: "viewer.fit" ->
+        ["R"]); the main window passes the analyst's keymap, a viewer on its own uses
+        the default file."""
+        self._bindings = KeyBindings(dict(keys))
+
     def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
-        key = event.key()
-        pane = self._active if self._active in self.visible_panes else "axial"
-        n = self._plane_count(pane)
-        page = max(1, n // 10)
-        steps = {
-            Qt.Key.Key_Up: -1, Qt.Key.Key_Down: 1, Qt.Key.Key_Left: -1, Qt.Key.Key_Right: 1,
-            Qt.Key.Key_PageUp: -page, Qt.Key.Key_PageDown: page,
-        }
+        if self._bindings is None:
+            self.set_keymap(Keymap.load().keys)
+        action = self._bindings.action_for(event)
         has_image = self._graphics.has_image() and self._volume is not None
-        if key in steps:
-            self.userInteracted.emit()
-            self._scroll_pane(pane, steps[key], page=key in (Qt.Key.Key_PageUp, Qt.Key.Key_PageDown))
-        elif key in (Qt.Key.Key_Home, Qt.Key.Key_End):
-            self.userInteracted.emit()
-            self._jump_pane(pane, key == Qt.Key.Key_End)
-        elif Qt.Key.Key_1 <= key <= Qt.Key.Key_6 and has_image:
-            self.userInteracted.emit()
-            self._apply_preset(key - Qt.Key.Key_1, projection=pane == "projection")
-        elif key == Qt.Key.Key_A and has_image:
-            values = self.panes[pane].modality_image()
-            if pane == "projection":
-                self._proj_window = auto_window(values)
-            else:
-                self._window = auto_window(values)
-            self._apply_levels()
-        elif key == Qt.Key.Key_I:
-            self.set_colormap("gray" if self._effective_colormap() == "inverse" else "inverse")
-        elif key == Qt.Key.Key_C:
-            self._cycle_colormap()
-        elif key == Qt.Key.Key_L:
-            self.userInteracted.emit()
-            self.set_layout(LAYOUTS[(LAYOUTS.index(self._layout) + 1) % len(LAYOUTS)])
-        elif key == Qt.Key.Key_V:
-            visible = self.visible_panes
-            self._set_active(visible[(visible.index(pane) + 1) % len(visible)])
-        elif key == Qt.Key.Key_S:
-            order = (None, "mip", "minip", "avg")
-            self.set_slab(order[(order.index(self._slab_mode) + 1) % len(order)])
-        elif key in (Qt.Key.Key_BracketLeft, Qt.Key.Key_BracketRight):
-            self._step_slab(1 if key == Qt.Key.Key_BracketRight else -1)
-        elif key == Qt.Key.Key_P:
-            self.set_projection(mode="avg" if self._proj_mode == "mip" else "mip")
-        elif key in (Qt.Key.Key_Comma, Qt.Key.Key_Period, Qt.Key.Key_Less, Qt.Key.Key_Greater):
-            self.userInteracted.emit()
-            sign = -1 if key in (Qt.Key.Key_Comma, Qt.Key.Key_Less) else 1
-            self.set_projection(self._proj_angle + sign * ROTATE_KEY_DEG)
-        elif key == Qt.Key.Key_T:
-            self.set_threats_visible(not self._threats_visible)
-        elif key == Qt.Key.Key_N:
-            self.userInteracted.emit()
-            self.next_threat()
-        elif key == Qt.Key.Key_D:
-            self.set_tool(None if self._tool == "ruler" else "ruler")
-        elif key == Qt.Key.Key_O:
-            self.set_tool(None if self._tool == "roi" else "roi")
-        elif key in (Qt.Key.Key_Delete, Qt.Key.Key_Backspace):
-            self._measure = None
-            self._refresh_annotations()
-        elif key == Qt.Key.Key_X:
-            for p in self.panes.values():
-                p.crosshair_visible = not p.crosshair_visible
-                p.update_overlay()
-        elif key in (Qt.Key.Key_Plus, Qt.Key.Key_Equal, Qt.Key.Key_Minus):
-            self.userInteracted.emit()
-            factor = 0.8 if key != Qt.Key.Key_Minus else 1.25
-            self._user_zoomed.add(pane)
-            self.panes[pane].view.scaleBy((factor, factor))
-        elif key == Qt.Key.Key_R:
-            self._user_zoomed.clear()
-            self._ranged = {}
-            for name in self.visible_panes:
-                self._auto_range_once(name)
-        elif key in (Qt.Key.Key_H, Qt.Key.Key_F1, Qt.Key.Key_Question):
-            self._help = not self._help
-            self._update_overlay()
-        else:
+        if action is None or (action.needs_image and not has_image):
             super().keyPressEvent(event)
             return
+        action.handler(self, self._active if self._active in self.visible_panes else "axial")
         event.accept()
 
     def _plane_count(self, pane: str) -> int:
