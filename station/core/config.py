@@ -33,13 +33,14 @@ import tomllib
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import msgspec
 import platformdirs
 
-from station.core.dicos.site import Site
+if TYPE_CHECKING:
+    from station.core.dicos.site import Site
 
 APP_NAME = "inspection-station"
 
@@ -340,6 +341,11 @@ class SiteSettings(_Table):
                 raise ConfigError(f"{key} holds 64 characters at most (DICOM LO)")
 
     def site(self) -> Site:
+        # Imported here: the settings are read first thing by `station serve`, before it
+        # lowers its priority, and the DICOS package brings numpy (whose BLAS pool starts
+        # threads at import, at the old priority).
+        from station.core.dicos.site import Site
+
         return Site(institution_name=self.institution_name, institution_address=self.institution_address,
                     station_name=self.station_name, device_serial_number=self.device_serial_number,
                     ooi_id_assigning_authority=self.ooi_id_assigning_authority,

@@ -13,7 +13,8 @@ from pynetdicom import AE, evt
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from station.net.dimse.pynetdicom_ext import reactor
+from station.net.dimse.pynetdicom_ext import cstore, pdu as pdu_guard, reactor, spooling
+from station.core.store import spool as store_spool
 from tests.dicom_factory import make_ct_files
 
 
@@ -31,7 +32,7 @@ def _start_scp(on_store=None, direct: bool = False) -> tuple[object, list[str]]:
 
     ae = AE(ae_title="SCP")
     if direct:
-        setattr(ae, reactor.DIRECT_C_STORE_ATTRIBUTE, True)
+        setattr(ae, cstore.DIRECT_C_STORE_ATTRIBUTE, True)
     ae.add_supported_context(Verification)
     ae.add_supported_context(CTImageStorage)
     ae.network_timeout = 1.0
@@ -154,7 +155,7 @@ def test_direct_c_store_response_matches_pynetdicoms_encoding(status, sop_uid):
     (pdata,) = list(message.encode_msg(1, 0))
     (_, fragment), = pdata.presentation_data_value_list
     assert fragment[0] == 0x03
-    assert reactor.encode_c_store_rsp(primitive) == fragment[1:]
+    assert cstore.encode_c_store_rsp(primitive) == fragment[1:]
 
 
 def _pdata_tf(items: list[tuple[int, bytes]]) -> bytes:
@@ -179,7 +180,7 @@ def test_pdv_split_matches_pynetdicoms_p_data_decoder(items):
     pdu = P_DATA_TF()
     pdu.decode(encoded)
     expected = pdu.to_primitive().presentation_data_value_list
-    split = reactor._split_pdvs(memoryview(encoded))
+    split = pdu_guard._split_pdvs(memoryview(encoded))
     assert [(cx, bytes(value)) for cx, value in split] == [(cx, bytes(value)) for cx, value in expected]
 
 
@@ -190,7 +191,7 @@ def test_pdv_split_matches_pynetdicoms_p_data_decoder(items):
     b"\x04\x00\x00\x00\x00\x06\x00\x00\x00\x09\x01\x03",  # item longer than the PDU
 ])
 def test_malformed_pdvs_are_left_to_pynetdicoms_decoder(bad):
-    assert reactor._split_pdvs(memoryview(bad)) is None
+    assert pdu_guard._split_pdvs(memoryview(bad)) is None
 
 
 def test_store_skips_pdu_objects_and_the_dul_hand_over(quiet_scp, tmp_path, monkeypatch):
@@ -207,14 +208,14 @@ def test_store_skips_pdu_objects_and_the_dul_hand_over(quiet_scp, tmp_path, monk
 
     monkeypatch.setattr(DULServiceProvider, "_decode_pdu", counting)
     direct: list[int] = []
-    original_direct = reactor._send_pdata_directly
+    original_direct = cstore._send_pdata_directly
 
     def counting_direct(dul, context_id, value):
         sent = original_direct(dul, context_id, value)
         direct.append(sent)
         return sent
 
-    monkeypatch.setattr(reactor, "_send_pdata_directly", counting_direct)
+    monkeypatch.setattr(cstore, "_send_pdata_directly", counting_direct)
     port, stored = quiet_scp
     files = make_ct_files(tmp_path, n=3, size=256)
     ae = AE()
@@ -243,7 +244,7 @@ def test_file_meta_encoding_matches_pydicoms(sop_uid, syntax, aet):
         meta.SourceApplicationEntityTitle = aet
     expected = DicomBytesIO()
     write_file_meta_info(expected, meta, enforce_standard=True)
-    encoded = reactor.encode_file_meta("1.2.840.10008.5.1.4.1.1.2", sop_uid, syntax, aet)
+    encoded = spooling.encode_file_meta("1.2.840.10008.5.1.4.1.1.2", sop_uid, syntax, aet)
     assert encoded == expected.getvalue()
 
 
@@ -253,10 +254,10 @@ def test_spool_file_flush_failure_on_the_dul_thread_reaches_the_adopting_thread(
     def disk_full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    spooled = reactor.SpoolFile(tmp_path)
+    spooled = store_spool.SpoolFile(tmp_path)
     spooled.write(b"x" * 1000)
     spooled.sync_pending = True  # as the message queue marks it on the fast path
-    monkeypatch.setattr(reactor, "_fdatasync", disk_full)
+    monkeypatch.setattr(store_spool, "_fdatasync", disk_full)
     flusher = threading.Timer(0.1, spooled.finish)
     flusher.start()
     with pytest.raises(OSError) as failure:
@@ -268,18 +269,18 @@ def test_spool_file_flush_failure_on_the_dul_thread_reaches_the_adopting_thread(
 
 def test_spool_file_not_flushed_elsewhere_is_flushed_by_sync(tmp_path, monkeypatch):
     flushed: list[int] = []
-    spooled = reactor.SpoolFile(tmp_path)
+    spooled = store_spool.SpoolFile(tmp_path)
     spooled.write(b"x" * 1000)
-    monkeypatch.setattr(reactor, "_fdatasync", flushed.append)
+    monkeypatch.setattr(store_spool, "_fdatasync", flushed.append)
     spooled.sync()
     assert flushed == [spooled.fileno()]
     spooled.close()
 
 
-@pytest.mark.skipif(reactor._aio is None, reason="no POSIX AIO (glibc, 64-bit Linux) here")
+@pytest.mark.skipif(store_spool._aio is None, reason="no POSIX AIO (glibc, 64-bit Linux) here")
 def test_spool_file_flush_started_in_the_background_is_waited_for_by_sync(tmp_path, monkeypatch):
-    monkeypatch.setattr(reactor, "_fdatasync", lambda fd: pytest.fail("flushed again in the foreground"))
-    spooled = reactor.SpoolFile(tmp_path)
+    monkeypatch.setattr(store_spool, "_fdatasync", lambda fd: pytest.fail("flushed again in the foreground"))
+    spooled = store_spool.SpoolFile(tmp_path)
     spooled.write(b"x" * 300_000)
     spooled.start_flush()
     assert spooled._aio_cb is not None
@@ -303,8 +304,8 @@ class _FakeAio:
 def test_background_flush_failure_is_raised_by_sync_and_the_file_still_closes(tmp_path, monkeypatch):
     import errno
 
-    monkeypatch.setattr(reactor, "_aio", _FakeAio(errno.ENOSPC))
-    spooled = reactor.SpoolFile(tmp_path)
+    monkeypatch.setattr(store_spool, "_aio", _FakeAio(errno.ENOSPC))
+    spooled = store_spool.SpoolFile(tmp_path)
     spooled.write(b"x" * 1000)
     spooled.start_flush()
     with pytest.raises(OSError) as failed:
@@ -319,8 +320,8 @@ def test_background_flush_that_never_ends_keeps_the_descriptor_open(tmp_path, mo
     import os
 
     aio = _FakeAio(None)  # still running at every look
-    monkeypatch.setattr(reactor, "_aio", aio)
-    spooled = reactor.SpoolFile(tmp_path)
+    monkeypatch.setattr(store_spool, "_aio", aio)
+    spooled = store_spool.SpoolFile(tmp_path)
     spooled.start_flush()
     with pytest.raises(OSError):
         spooled.sync()
@@ -365,9 +366,9 @@ def _c_store_rq_message(sop_uid: str, priority: int = 0, move_originator: str = 
 ])
 def test_c_store_request_primitive_matches_pynetdicoms(sop_uid, priority, move_originator):
     message, encoded = _c_store_rq_message(sop_uid, priority, move_originator)
-    assert (reactor._plain_c_store_rq(encoded) is None) == bool(move_originator)
-    ours = reactor._message_to_primitive(message)
-    theirs = reactor._original_message_to_primitive(message)
+    assert (cstore._plain_c_store_rq(encoded) is None) == bool(move_originator)
+    ours = cstore._message_to_primitive(message)
+    theirs = cstore._original_message_to_primitive(message)
     assert type(ours) is type(theirs)
     assert vars(ours) == vars(theirs)
     assert type(ours.AffectedSOPInstanceUID) is type(theirs.AffectedSOPInstanceUID)
@@ -382,15 +383,15 @@ def test_c_store_request_with_an_overlong_uid_is_refused_as_pynetdicom_does():
     with pytest.raises(ValueError):
         C_STORE().AffectedSOPInstanceUID = overlong
     with pytest.raises(ValueError):
-        reactor._set_affected_uids(C_STORE(), CTImageStorage.encode(), overlong.encode())
+        cstore._set_affected_uids(C_STORE(), CTImageStorage.encode(), overlong.encode())
 
 
 def test_unusual_c_store_commands_are_left_to_pynetdicom():
     _, encoded = _c_store_rq_message("1.2.3.4")
-    assert reactor._plain_c_store_rq(encoded[:-3]) is None  # truncated
-    assert reactor._plain_c_store_rq(encoded.replace(b"1.2.3.4", b"1.2.x.4")) is None  # not a UID
+    assert cstore._plain_c_store_rq(encoded[:-3]) is None  # truncated
+    assert cstore._plain_c_store_rq(encoded.replace(b"1.2.3.4", b"1.2.x.4")) is None  # not a UID
     extra = b"\x00\x00\x00\x09\x02\x00\x00\x00\x00\x00"  # (0000,0900) Status: not in a request
-    assert reactor._plain_c_store_rq(encoded + extra) is None
+    assert cstore._plain_c_store_rq(encoded + extra) is None
 
 
 @pytest.mark.parametrize(("sop_uid", "priority", "move_originator"), [
@@ -404,8 +405,8 @@ def test_command_set_decoding_answers_as_pydicom_does(sop_uid, priority, move_or
     from pynetdicom.dsutils import decode
 
     _, encoded = _c_store_rq_message(sop_uid, priority, move_originator)
-    ours, theirs = reactor._decode(BytesIO(encoded), True, True), decode(BytesIO(encoded), True, True)
-    assert isinstance(ours, reactor._PlainCStoreCommand) != bool(move_originator)
+    ours, theirs = cstore._decode(BytesIO(encoded), True, True), decode(BytesIO(encoded), True, True)
+    assert isinstance(ours, cstore._PlainCStoreCommand) != bool(move_originator)
     for keyword in ("CommandField", "CommandDataSetType", "AffectedSOPClassUID", "AffectedSOPInstanceUID",
                     "MessageID", "Priority", "CommandGroupLength"):
         assert getattr(ours, keyword) == getattr(theirs, keyword), keyword
@@ -413,7 +414,7 @@ def test_command_set_decoding_answers_as_pydicom_does(sop_uid, priority, move_or
     assert ours[0x00000110].value == 4242 and 0x00001000 in ours and len(ours) == len(theirs)
     message, _ = _c_store_rq_message(sop_uid, priority, move_originator)
     message.command_set = ours
-    assert vars(reactor._message_to_primitive(message)) == vars(reactor._original_message_to_primitive(message))
+    assert vars(cstore._message_to_primitive(message)) == vars(cstore._original_message_to_primitive(message))
 
 
 def _store_over_one_association(port: int, files, **kwargs) -> list[int]:
@@ -580,7 +581,7 @@ def test_the_dul_thread_serves_only_a_plain_c_store_when_nothing_else_is_going_o
     from pynetdicom.dimse_primitives import C_ECHO
 
     assoc, request, context_id = _fake_acceptor(), _c_store_request(), 1
-    assert reactor._may_serve_directly(assoc, (context_id, request))
+    assert cstore._may_serve_directly(assoc, (context_id, request))
     assoc._station_serve_lock.release()
     if why_not == "paused":
         assoc._reactor_checkpoint.clear()
@@ -600,7 +601,7 @@ def test_the_dul_thread_serves_only_a_plain_c_store_when_nothing_else_is_going_o
         context_id = 3
     elif why_not == "releasing":
         assoc._sent_release = True
-    assert not reactor._may_serve_directly(assoc, (context_id, request))
+    assert not cstore._may_serve_directly(assoc, (context_id, request))
     # Refusing leaves the lock as it was.
     assert assoc._station_serve_lock.locked() == (why_not == "serving")
 
@@ -610,7 +611,7 @@ def test_stall_timeout_on_a_plain_socket_is_the_kernels_and_still_ends_a_stalled
     than the stall timeout still fails, as an OSError the DUL turns into a closed connection."""
     a, b = socket.socketpair()
     try:
-        assert reactor._set_stall_timeout(a, 0.2) is True
+        assert pdu_guard._set_stall_timeout(a, 0.2) is True
         assert a.gettimeout() is None
         b.sendall(b"\x04\x00")  # two bytes of a six-byte PDU header, then silence
         assert a.recv(2) == b"\x04\x00"

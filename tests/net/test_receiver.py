@@ -15,6 +15,8 @@ from station.core.config import ReceiverSettings
 from station.core.events import AssociationClosed, EventBus, InstanceStored, ReceiverError, ReceiverState
 from station.net.dimse.receiver import Receiver, ReceiverStartError
 from station.net.dimse.sender import send_files
+from station.core.store import spool as store_spool
+from station.net.dimse.pynetdicom_ext import cstore
 from tests.dicom_factory import make_ct_files
 
 
@@ -177,7 +179,7 @@ def _send_three_and_check(running, store, tmp_path) -> None:
 
 
 class _ObservedAio:
-    """reactor._aio, reporting each flush it has seen finish (or failing every flush)."""
+    """store_spool._aio, reporting each flush it has seen finish (or failing every flush)."""
 
     def __init__(self, real, on_done=None, fail_with: int = 0) -> None:
         self.real, self.on_done, self.fail_with = real, on_done, fail_with
@@ -199,7 +201,6 @@ def test_each_instance_is_durable_renamed_synced_and_indexed_before_its_answer(r
     C-STORE is served on the association's DUL thread (no hand-over), so all of it is there."""
     from station.core.store import store as store_module
     from station.core.store.store import Store
-    from station.net.dimse.pynetdicom_ext import reactor
 
     steps: list[tuple[str, str]] = []
     lock = threading.Lock()
@@ -208,11 +209,11 @@ def test_each_instance_is_durable_renamed_synced_and_indexed_before_its_answer(r
         with lock:
             steps.append((name, threading.current_thread().name))
 
-    fdatasync, replace, fsync_dir = reactor._fdatasync, store_module.os.replace, store_module._fsync_dir
-    commit_index, send = Store._commit_index, reactor._send_pdata_directly
-    monkeypatch.setattr(reactor, "_fdatasync", lambda fd: (fdatasync(fd), step("data flushed")))
-    if reactor._aio is not None:  # the flush started in the background: done once its wait returns
-        monkeypatch.setattr(reactor, "_aio", _ObservedAio(reactor._aio, lambda: step("data flushed")))
+    fdatasync, replace, fsync_dir = store_spool._fdatasync, store_module.os.replace, store_module._fsync_dir
+    commit_index, send = Store._commit_index, cstore._send_pdata_directly
+    monkeypatch.setattr(store_spool, "_fdatasync", lambda fd: (fdatasync(fd), step("data flushed")))
+    if store_spool._aio is not None:  # the flush started in the background: done once its wait returns
+        monkeypatch.setattr(store_spool, "_aio", _ObservedAio(store_spool._aio, lambda: step("data flushed")))
     monkeypatch.setattr(store_module.os, "replace", lambda a, b: (replace(a, b), step("renamed")))
     monkeypatch.setattr(store_module, "_fsync_dir", lambda d: (fsync_dir(d), step("directory synced")))
 
@@ -225,7 +226,7 @@ def test_each_instance_is_durable_renamed_synced_and_indexed_before_its_answer(r
         return send(dul, context_id, value)
 
     monkeypatch.setattr(Store, "_commit_index", recording_index)
-    monkeypatch.setattr(reactor, "_send_pdata_directly", recording_send)
+    monkeypatch.setattr(cstore, "_send_pdata_directly", recording_send)
     _send_three_and_check(running, store, tmp_path)
     per_instance: list[list[str]] = [[]]
     for name, thread in steps:
@@ -246,10 +247,9 @@ def test_a_queued_instance_is_flushed_on_the_dul_thread_before_the_rename(runnin
     paused), the DUL thread flushes the complete spool file while the association thread
     wakes up and reads its header; the store's adopt (the rename) ends only after that."""
     from station.core.store.store import Store
-    from station.net.dimse.pynetdicom_ext import reactor
 
     order: list[tuple[str, str, str]] = []
-    finish, adopt = reactor.SpoolFile.finish, Store.adopt
+    finish, adopt = store_spool.SpoolFile.finish, Store.adopt
 
     def recording_finish(self):
         finish(self)
@@ -260,8 +260,8 @@ def test_a_queued_instance_is_flushed_on_the_dul_thread_before_the_rename(runnin
         order.append(("adopted", Path(spooled).name, threading.current_thread().name))
         return event
 
-    monkeypatch.setattr(reactor, "_may_serve_directly", lambda assoc, item: False)
-    monkeypatch.setattr(reactor.SpoolFile, "finish", recording_finish)
+    monkeypatch.setattr(cstore, "_may_serve_directly", lambda assoc, item: False)
+    monkeypatch.setattr(store_spool.SpoolFile, "finish", recording_finish)
     monkeypatch.setattr(Store, "adopt", recording_adopt)
     _send_three_and_check(running, store, tmp_path)
     flushed = {name: (k, thread) for k, (what, name, thread) in enumerate(order) if what == "flushed"}
@@ -283,12 +283,11 @@ def test_a_failing_durable_step_answers_out_of_resources_and_keeps_nothing(runni
     from pynetdicom.sop_class import CTImageStorage
 
     from station.core.store import store as store_module
-    from station.net.dimse.pynetdicom_ext import reactor
 
     def disk_full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    target = {"data flush": (reactor, "_fdatasync"), "rename": (store_module.os, "replace"),
+    target = {"data flush": (store_spool, "_fdatasync"), "rename": (store_module.os, "replace"),
               "directory fsync": (store_module, "_fsync_dir")}[failing]
     receiver, recorder = running
     files = make_ct_files(tmp_path / "scan", n=2, size=64)
@@ -299,7 +298,7 @@ def test_a_failing_durable_step_answers_out_of_resources_and_keeps_nothing(runni
     with monkeypatch.context() as patch:
         patch.setattr(*target, disk_full)
         if failing == "data flush":  # whichever way the spool file is flushed
-            patch.setattr(reactor, "_aio", _ObservedAio(reactor._aio, fail_with=errno.ENOSPC))
+            patch.setattr(store_spool, "_aio", _ObservedAio(store_spool._aio, fail_with=errno.ENOSPC))
         statuses = [assoc.send_c_store(f).Status for f in files]
     assoc.release()
     assert statuses == [0xA700, 0xA700]

@@ -11,11 +11,11 @@ the association thread serves requests) and calls the handlers below on them. Ha
 only persist, index and publish an event on the ``EventBus``; they never wait on the GUI
 or on their own association's traffic. Each association's DUL thread writes the incoming
 dataset straight to a spool file in the store; once it is complete, the DUL thread runs
-``_on_c_store`` itself (``reactor.DIRECT_C_STORE_ATTRIBUTE``: no thread hand-over per
+``_on_c_store`` itself (``cstore.DIRECT_C_STORE_ATTRIBUTE``: no thread hand-over per
 instance), so ``Store.adopt`` flushes, renames, syncs and indexes in that order before
 the response goes out. Should the association thread be busy with an earlier request,
 the C-STORE is queued for it as pynetdicom does, and the DUL thread flushes the spool
-file while it wakes up (see ``reactor.SpoolFile``); ``Store.adopt`` waits for that flush.
+file while it wakes up (see ``store_spool.SpoolFile``); ``Store.adopt`` waits for that flush.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from station.core.events import (
     ReceiverState,
 )
 from station.core.store.store import InvalidInstanceError, Store, StoreError, StoreFullError
-from station.net.dimse.pynetdicom_ext import reactor
+from station.net.dimse.pynetdicom_ext import cstore, pdu, reactor, spooling
+from station.core.store import spool as store_spool
 from station.net.dimse.sopclasses import register_dicos_sop_classes
 
 LOGGER = logging.getLogger(__name__)
@@ -182,13 +183,13 @@ class Receiver(ReceiverStatus):
         # memory), and the store adopts the file with a rename once it is complete.
         _config.STORE_RECV_CHUNKED_DATASET = True
         ae = AE(ae_title=self.settings.aet)
-        setattr(ae, reactor.SPOOL_DIR_ATTRIBUTE, self.store.spool_dir())
+        setattr(ae, spooling.SPOOL_DIR_ATTRIBUTE, self.store.spool_dir())
         # _on_c_store only persists, indexes and publishes: it may run on the DUL thread.
-        setattr(ae, reactor.DIRECT_C_STORE_ATTRIBUTE, True)
+        setattr(ae, cstore.DIRECT_C_STORE_ATTRIBUTE, True)
         ae.maximum_pdu_size = self.settings.max_pdu
-        setattr(ae, reactor.MAX_PDATA_BYTES_ATTRIBUTE,
-                self.settings.max_pdu or reactor.DEFAULT_MAX_PDATA_BYTES)
-        setattr(ae, reactor.STALL_TIMEOUT_ATTRIBUTE, self.settings.acse_timeout)
+        setattr(ae, pdu.MAX_PDATA_BYTES_ATTRIBUTE,
+                self.settings.max_pdu or pdu.DEFAULT_MAX_PDATA_BYTES)
+        setattr(ae, pdu.STALL_TIMEOUT_ATTRIBUTE, self.settings.acse_timeout)
         ae.maximum_associations = self.settings.max_associations
         if self.settings.allowed_calling_aets:
             ae.require_calling_aet = list(self.settings.allowed_calling_aets)
@@ -337,7 +338,7 @@ class Receiver(ReceiverStatus):
         """Hand what arrived to the store; return once it is durable and indexed."""
         request = event.request
         spooled = getattr(request, "_dataset_file", None)
-        if isinstance(spooled, reactor.SpoolFile):
+        if isinstance(spooled, store_spool.SpoolFile):
             # Chunked receive: the dataset is already in the store's spool folder (and
             # possibly being flushed to disk by the DUL thread: the store waits for that).
             try:
@@ -355,7 +356,7 @@ class Receiver(ReceiverStatus):
         file_meta = event.file_meta
         if aet:
             # Records which scanner sent the object, as Part 10 intends.
-            file_meta.SourceApplicationEntityTitle = reactor.safe_aet(aet)
+            file_meta.SourceApplicationEntityTitle = spooling.safe_aet(aet)
         meta = DicomBytesIO()
         meta.write(b"\x00" * 128 + b"DICM")
         write_file_meta_info(meta, file_meta, enforce_standard=True)
