@@ -24,7 +24,6 @@ from station.core.detection.detectors import (
     Detection,
     Detector,
     LazyVolume,
-    bench_detect,
     box_iou,
     detect_main,
     detectors,
@@ -37,6 +36,7 @@ from station.core.detection.detectors import (
 from station.core.dicos import Algorithm, ScanRef, read_tdr, write_machine_tdr, write_operator_tdr
 from station.core.synth.bags import THREAT_DENSITY_RANGE, make_bag_volume, write_ct_series, write_dx
 from station.core.imaging.volume import load_volume
+from station.bench.detect import bench_detect
 
 SIZE, SLICES = 128, 64
 THREAT_SEEDS = (3, 11, 17, 29)
