@@ -401,7 +401,7 @@ def test_held_apart_threats_lie_outside_the_tuned_band_and_sizes():
     under 5 ml; every held-apart bag, clear ones too, holds the honey jar."""
     kinds: set[str] = set()
     for seed in range(4):
-        bag = make_bag_volume(size=128, slices=64, threats=3, seed=seed, held_apart=True)
+        bag = make_bag_volume(size=256, slices=128, threats=3, seed=seed, held_apart=True)  # the bench size
         for t in bag.threats:
             lo, hi = synth.HELD_APART_KINDS[t.kind]
             box = bag.voxels[t.slices]
