@@ -282,10 +282,17 @@ def test_detections_written_by_scan_ref_are_read_back(tmp_path: Path):
 def test_bench_report_shape():
     """Tiny settings: checks the JSON object the CLI prints, not the figures."""
     report = bench_detect(threat_bags=2, clear_bags=2, size=64, slices=32, latency_size=64,
-                          latency_slices=32, latency_repeats=1)
+                          latency_slices=32, latency_repeats=1, stream_quiet_s=0.3)
     json.dumps(report)
     for key in ("recall", "false_alarms_per_clear_bag", "latency_s", "goal", "met", "goal_met",
-                "setup", "latency_detail_s"):
+                "setup", "latency_detail_s", "held_apart", "streaming"):
         assert key in report, key
+    for key in ("recall", "false_alarms_per_clear_bag", "recall_by_kind"):
+        assert key in report["held_apart"], key
+    assert set(report["held_apart"]["recall_by_kind"]) <= {"low-density", "high-density", "sheet", "small"}
+    streaming = report["streaming"]
+    assert streaming["final_tdr_same_as_whole_volume"] is True
+    for mode in ("stream", "whole_volume"):
+        assert len(streaming[mode]["threat_last_slice_to_alert_s"]) == 2  # the latency bag's threats
     assert set(report["met"]) == {"recall", "false_alarms_per_clear_bag", "latency"}
     assert report["threats"] >= 3 and 0.0 <= report["recall"] <= 1.0
