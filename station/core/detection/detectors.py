@@ -29,6 +29,7 @@ import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -648,6 +649,11 @@ def load_for_detection(
         vol = load_volume(source)
     except VolumeError as exc:
         raise DetectError(str(exc)) from exc
+    return _ct_volume(vol, units)
+
+
+def _ct_volume(vol: Any, units: str | None) -> tuple[LazyVolume, tuple[float, float, float], str, ScanRef]:
+    """``load_for_detection``'s answer for a ``SeriesVolume``; DetectError unless it is a CT."""
     if vol.modality.upper() != "CT" or vol.n_slices < 2:
         raise DetectError(
             f"series {vol.series_uid}: modality {vol.modality or '?'} with {vol.n_slices} "
@@ -658,14 +664,45 @@ def load_for_detection(
     return LazyVolume(vol), vol.spacing_mm, units or _units_for(vol.rescale_type), scan_ref_from_volume(vol)
 
 
+# Pool worker process: the volumes of the scans being streamed (by series), so that a step
+# reads the headers of the slices stored since the last step only. A task for another
+# worker, or files gone from the list, build the volume afresh; the last step drops it.
+_GROWING: OrderedDict[str, tuple[Any, set[str]]] = OrderedDict()
+_GROWING_MAX = 2
+
+
+def _growing_volume(key: str, paths: list[str], units: str | None, last: bool) -> tuple[Any, ...]:
+    from station.core.imaging.volume import SeriesVolume, VolumeError
+
+    vol, seen = _GROWING.pop(key, (None, set()))
+    if vol is None or not seen <= set(paths):
+        vol, seen = SeriesVolume(), set()
+    try:
+        for p in paths:
+            if p not in seen:
+                vol.add_file(p)
+                seen.add(p)
+    except VolumeError as exc:
+        raise DetectError(str(exc)) from exc
+    if not last:
+        _GROWING[key] = (vol, seen)
+        while len(_GROWING) > _GROWING_MAX:
+            _GROWING.popitem(last=False)
+    return _ct_volume(vol, units)
+
+
 def _pool_job(
     source: Any, spacing_mm: tuple[float, float, float] | None, dets: list[Detector],
     context: dict[str, Any], streams: Sequence[Any] | None = None, complete: bool = True,
+    volume_key: str | None = None,
 ) -> DetectionRun:
     """Body of a pool task (module level so it pickles): load, then run every detector,
     or with ``streams`` one step of each detector's stream (see ``DetectionRun``)."""
     t0 = time.perf_counter()
-    volume, spacing, units, scan = load_for_detection(source, spacing_mm, context.pop("units", None))
+    if streams is not None and volume_key and isinstance(source, list):
+        volume, spacing, units, scan = _growing_volume(volume_key, source, context.pop("units", None), complete)
+    else:
+        volume, spacing, units, scan = load_for_detection(source, spacing_mm, context.pop("units", None))
     load_s = time.perf_counter() - t0
     shape = tuple(volume.shape)
     if streams is None:
@@ -698,6 +735,7 @@ def run_detectors_in_pool(
     detector_list: Sequence[Detector] | None = None,
     streams: Sequence[Any] | None = None,
     complete: bool = True,
+    volume_key: str | None = None,
     **context: Any,
 ) -> Future[DetectionRun]:
     """Submit detection of one scan to ``pool`` (a ProcessPoolExecutor in the station)
@@ -708,14 +746,15 @@ def run_detectors_in_pool(
     The detectors (default: the registered ones) are pickled with the task. ``streams``
     (one per detector: its ``stream()`` or None) makes the task one step over the slices
     arrived so far, or the last step with ``complete``; the Future's run carries the
-    streams' new state. Any thread.
+    streams' new state. ``volume_key`` (the series) lets the worker keep the scan's
+    volume between steps and read only the new files' headers. Any thread.
     """
     dets = list(detector_list if detector_list is not None else detectors())
     if not isinstance(source, np.ndarray) and not isinstance(source, (str, os.PathLike)):
         source = [str(p) for p in source]
     if streams is None:
         return pool.submit(_pool_job, source, spacing_mm, dets, dict(context))
-    return pool.submit(_pool_job, source, spacing_mm, dets, dict(context), list(streams), complete)
+    return pool.submit(_pool_job, source, spacing_mm, dets, dict(context), list(streams), complete, volume_key)
 
 
 # --------------------------------------------------------------------------- CLI

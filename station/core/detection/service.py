@@ -195,7 +195,7 @@ class DetectionService:
                                              initializer=lower_priority)
         started = time.monotonic()
         future = run_detectors_in_pool(self._pool, paths, detector_list=self.detectors, streams=streams,
-                                       complete=complete)
+                                       complete=complete, volume_key=series_uid)
         self._futures.add(future)
         future.add_done_callback(lambda f: self._done(series_uid, started, f, complete))
 
