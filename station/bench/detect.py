@@ -219,7 +219,7 @@ def _stream_run(files: list[Path], warm: list[Path], bag: BagVolume, root: Path,
     scan first warms the pool (spawning a worker is not detection)."""
     from station.core.detection.service import STREAM_SLAB_SLICES, DetectionService
     from station.core.dicom.sopclasses import DICOS_TDR
-    from station.core.dicos.tdr import read_tdr
+    from station.core.dicos import read_tdr
     from station.core.events import EventBus, InstanceStored
     from station.core.store.store import Store
     from station.core.triage.alerts import is_provisional

@@ -16,7 +16,7 @@ import pytest
 from station.core.detection.detectors import DensityDetector, Detection, box_iou, load_for_detection
 from station.core.detection.service import DetectionService
 from station.core.dicom.sopclasses import DICOS_TDR
-from station.core.dicos.tdr import read_tdr
+from station.core.dicos import read_tdr
 from station.core.events import EventBus, InstanceStored
 from station.core.synth import bags as synth
 from station.core.triage.alerts import AlertBook, is_provisional

@@ -193,7 +193,7 @@ def test_a_threat_is_alerted_while_the_scan_arrives_through_storescu(tmp_path, f
     """The receiver's own path: a provisional machine TDR is in the store before the rest
     of the scan is sent; once it is complete the final TDR holds what ``station detect``
     finds on the whole scan, in the same TDR series."""
-    from station.core.dicos.tdr import read_tdr
+    from station.core.dicos import read_tdr
     from station.core.triage.alerts import is_provisional
 
     bag = synth.make_bag_volume(size=64, slices=128, threats=2, seed=51)  # threats at z 23-34 and 75-90
