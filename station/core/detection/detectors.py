@@ -216,6 +216,13 @@ class LazyVolume:
         """Slice positions along the normal (how a stream tells a continuation)."""
         return tuple(self._volume.positions_along_normal_mm)
 
+    def is_prefix_from(self, first_sop: str | None) -> bool:
+        """Whether these slices look like the start of the final volume while it arrives:
+        the first slice to arrive is the lowest one and no slice is missing in between
+        (uniform spacing). Slices sent top down or in any order are not."""
+        slices = self._volume.slices
+        return bool(slices) and slices[0].sop_instance_uid == first_sop and self._volume.uniform_spacing
+
     def array(self) -> np.ndarray:
         """The whole volume (what an ndarray-only detector gets)."""
         return self._volume.array()
@@ -415,13 +422,14 @@ class DensityStream:
 
     When the given slices are not a continuation of the ones examined (other spacing,
     units or slice size; ``positions`` that differ from the examined ones: slices sent
-    out of order) the stream starts over. Plain data: it pickles to and from a pool
-    worker between steps.
+    out of order) the stream starts over (``restarted``). Plain data: it pickles to and
+    from a pool worker between steps.
     """
 
     detector: DensityDetector
     slices_examined: int = 0
     positions: tuple[float, ...] = ()
+    restarted: bool = False  # the last step started over
     _key: tuple[Any, ...] | None = None
     _coarse: np.ndarray | None = field(default=None, repr=False)
     _settled: set[tuple[int, int, int]] = field(default_factory=set, repr=False)
@@ -456,10 +464,13 @@ class DensityStream:
         key = (spacing, units, tuple(vol.shape[1:]))
         if (key != self._key or m < self.slices_examined
                 or given[:len(self.positions)] != self.positions[:len(given)]):
-            if self._key is not None:
+            self.restarted = self._key is not None
+            if self.restarted:
                 LOGGER.info("density stream: the slices are not a continuation; examining from the start")
             self.slices_examined, self._key, self._coarse = 0, key, None
             self._settled, self._found = set(), {}
+        else:
+            self.restarted = False
         self.slices_examined, self.positions = m, given
 
         # Coarse pass on a strided view: only the sample rows not read by earlier steps.
@@ -694,7 +705,7 @@ def _growing_volume(key: str, paths: list[str], units: str | None, last: bool) -
 def _pool_job(
     source: Any, spacing_mm: tuple[float, float, float] | None, dets: list[Detector],
     context: dict[str, Any], streams: Sequence[Any] | None = None, complete: bool = True,
-    volume_key: str | None = None,
+    volume_key: str | None = None, first_sop: str | None = None,
 ) -> DetectionRun:
     """Body of a pool task (module level so it pickles): load, then run every detector,
     or with ``streams`` one step of each detector's stream (see ``DetectionRun``)."""
@@ -709,6 +720,9 @@ def _pool_job(
         results = run_detectors(volume, spacing, detector_list=dets, units=units, **context)
         return DetectionRun(results, shape, tuple(spacing), units, load_s, scan)  # type: ignore[arg-type]
     positions = volume.positions_mm if isinstance(volume, LazyVolume) else None
+    # Objects settled on slices that are no prefix of the final volume (sent top down, or
+    # the stream had to start over) have boxes that will move: no alert from those.
+    prefix = complete or not isinstance(volume, LazyVolume) or volume.is_prefix_from(first_sop)
     results, new = [], 0
     for det, stream in zip(dets, streams):
         if stream is None:
@@ -717,7 +731,8 @@ def _pool_job(
             continue
         t1 = time.perf_counter()
         try:
-            new += len(stream.step(volume, spacing, complete=complete, positions=positions, units=units, **context))
+            found = stream.step(volume, spacing, complete=complete, positions=positions, units=units, **context)
+            new += len(found) if prefix and not getattr(stream, "restarted", False) else 0
             results.append(DetectorResult(det.name, det.version, stream.detections, time.perf_counter() - t1))
         except Exception as exc:  # as in run_detectors: one broken detector hides nothing else
             LOGGER.exception("detector %s %s failed", det.name, det.version)
@@ -736,6 +751,7 @@ def run_detectors_in_pool(
     streams: Sequence[Any] | None = None,
     complete: bool = True,
     volume_key: str | None = None,
+    first_sop: str | None = None,
     **context: Any,
 ) -> Future[DetectionRun]:
     """Submit detection of one scan to ``pool`` (a ProcessPoolExecutor in the station)
@@ -747,14 +763,17 @@ def run_detectors_in_pool(
     (one per detector: its ``stream()`` or None) makes the task one step over the slices
     arrived so far, or the last step with ``complete``; the Future's run carries the
     streams' new state. ``volume_key`` (the series) lets the worker keep the scan's
-    volume between steps and read only the new files' headers. Any thread.
+    volume between steps and read only the new files' headers; ``first_sop``, the first
+    instance of it to arrive, tells slices sent bottom up (a step's objects are then
+    where they stay, and count as ``new``) from others. Any thread.
     """
     dets = list(detector_list if detector_list is not None else detectors())
     if not isinstance(source, np.ndarray) and not isinstance(source, (str, os.PathLike)):
         source = [str(p) for p in source]
     if streams is None:
         return pool.submit(_pool_job, source, spacing_mm, dets, dict(context))
-    return pool.submit(_pool_job, source, spacing_mm, dets, dict(context), list(streams), complete, volume_key)
+    return pool.submit(_pool_job, source, spacing_mm, dets, dict(context), list(streams), complete, volume_key,
+                       first_sop)
 
 
 # --------------------------------------------------------------------------- CLI

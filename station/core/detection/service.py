@@ -67,6 +67,7 @@ class DetectionStats:
     """Counters for the status bar and the closing report."""
 
     scans_examined: int = 0
+    stream_steps: int = 0  # examinations of scans still arriving
     alarms: int = 0
     failures: int = 0
     last_latency_s: float | None = None
@@ -106,11 +107,12 @@ class DetectionService:
         self._unsubscribe = None
         self._futures: set[Future[DetectionRun]] = set()
         # Streaming, per series: single-frame CT instances announced, instances the last
-        # step examined, the streams' state, and the TDR series its reports share.
+        # step examined, the streams' state, the TDR series its reports share.
         self._arrived: dict[str, int] = {}
         self._stepped: dict[str, int] = {}
         self._streams: dict[str, tuple[Any, ...]] = {}
         self._tdr_series: dict[str, str] = {}
+        self._first: dict[str, str] = {}  # the first instance to arrive
 
     def start(self) -> None:
         self._unsubscribe = self.bus.subscribe(self.on_event)
@@ -145,6 +147,7 @@ class DetectionService:
             if self.stream_slab and event.number_of_frames <= 1:
                 with self._lock:
                     self._arrived[event.series_uid] = self._arrived.get(event.series_uid, 0) + 1
+                    self._first.setdefault(event.series_uid, event.sop_instance_uid)
 
     # -- watcher thread -----------------------------------------------------------------------
 
@@ -195,7 +198,8 @@ class DetectionService:
                                              initializer=lower_priority)
         started = time.monotonic()
         future = run_detectors_in_pool(self._pool, paths, detector_list=self.detectors, streams=streams,
-                                       complete=complete, volume_key=series_uid)
+                                       complete=complete, volume_key=series_uid,
+                                       first_sop=self._first.get(series_uid))
         self._futures.add(future)
         future.add_done_callback(lambda f: self._done(series_uid, started, f, complete))
 
@@ -205,6 +209,7 @@ class DetectionService:
         self._arrived.pop(series_uid, None)
         self._stepped.pop(series_uid, None)
         self._streams.pop(series_uid, None)
+        self._first.pop(series_uid, None)
 
     # -- pool callback thread ------------------------------------------------------------------
 
@@ -222,6 +227,7 @@ class DetectionService:
             if not complete:
                 with self._lock:
                     self._streams[series_uid] = run.streams
+                self.stats.stream_steps += 1
                 if run.new:  # a threat seen while the scan arrives: alert now
                     self._report(series_uid, run, detections, started)
             else:
