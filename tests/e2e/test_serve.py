@@ -209,14 +209,18 @@ def test_a_threat_is_alerted_while_the_scan_arrives_through_storescu(tmp_path, f
                        if pydicom.dcmread(p, stop_before_pixels=True).Modality == "TDR"),
                       key=lambda p: read_tdr(p).alarm_decision_time)
 
+    def send(folder: Path) -> int:  # slice by slice from the bottom, as a scanner sends (+sd follows readdir)
+        return subprocess.run(["storescu", "-R", "-aec", "STATION", "127.0.0.1", str(free_port),
+                               *map(str, sorted(folder.iterdir()))], env=dcmtk_env, timeout=120).returncode
+
     proc = start_serve(tmp_path / "store", free_port)
     try:
-        assert storescu(dcmtk_env, free_port, first).returncode == 0
+        assert send(first) == 0
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and not tdr_files():
             time.sleep(0.25)
         early = tdr_files()
-        assert storescu(dcmtk_env, free_port, rest).returncode == 0
+        assert send(rest) == 0
         while time.monotonic() < deadline and all(is_provisional(read_tdr(p)) for p in tdr_files()):
             time.sleep(0.25)
     finally:
