@@ -14,7 +14,7 @@ def run_bench(what: str, *, json_output: bool, args: argparse.Namespace) -> int:
 
         result = bench_receive(slices=args.slices, size=args.size, repeat=args.repeat)
     elif what == "detect":
-        from station.core.detection.detectors import bench_detect
+        from station.bench.detect import bench_detect
 
         result = bench_detect()
     elif what == "reliability":

@@ -24,7 +24,6 @@ from station.core.detection.detectors import (
     Detection,
     Detector,
     LazyVolume,
-    bench_detect,
     box_iou,
     detect_main,
     detectors,
@@ -37,6 +36,7 @@ from station.core.detection.detectors import (
 from station.core.dicos import Algorithm, ScanRef, read_tdr, write_machine_tdr, write_operator_tdr
 from station.core.synth.bags import THREAT_DENSITY_RANGE, make_bag_volume, write_ct_series, write_dx
 from station.core.imaging.volume import load_volume
+from station.bench.detect import bench_detect
 
 SIZE, SLICES = 128, 64
 THREAT_SEEDS = (3, 11, 17, 29)
@@ -282,10 +282,17 @@ def test_detections_written_by_scan_ref_are_read_back(tmp_path: Path):
 def test_bench_report_shape():
     """Tiny settings: checks the JSON object the CLI prints, not the figures."""
     report = bench_detect(threat_bags=2, clear_bags=2, size=64, slices=32, latency_size=64,
-                          latency_slices=32, latency_repeats=1)
+                          latency_slices=32, latency_repeats=1, stream_quiet_s=0.3)
     json.dumps(report)
     for key in ("recall", "false_alarms_per_clear_bag", "latency_s", "goal", "met", "goal_met",
-                "setup", "latency_detail_s"):
+                "setup", "latency_detail_s", "held_apart", "streaming"):
         assert key in report, key
+    for key in ("recall", "false_alarms_per_clear_bag", "recall_by_kind"):
+        assert key in report["held_apart"], key
+    assert set(report["held_apart"]["recall_by_kind"]) <= {"low-density", "high-density", "sheet", "small"}
+    streaming = report["streaming"]
+    assert streaming["final_tdr_same_as_whole_volume"] is True
+    for mode in ("stream", "whole_volume"):
+        assert len(streaming[mode]["threat_last_slice_to_alert_s"]) == 2  # the latency bag's threats
     assert set(report["met"]) == {"recall", "false_alarms_per_clear_bag", "latency"}
     assert report["threats"] >= 3 and 0.0 <= report["recall"] <= 1.0

@@ -393,3 +393,30 @@ def test_core_layer_imports_no_gui_or_network() -> None:
             imported.add(node.module.split(".")[0])
     assert not imported & {"PySide6", "pyqtgraph", "pynetdicom", "socket", "http", "urllib",
                            "urllib3", "requests"}
+
+
+def test_held_apart_threats_lie_outside_the_tuned_band_and_sizes():
+    """Each kind is what HELD_APART_KINDS says: the box holds only values of its range,
+    the density kinds sit outside the band, a sheet is under 4 mm thick, a small one
+    under 5 ml; every held-apart bag, clear ones too, holds the honey jar."""
+    kinds: set[str] = set()
+    for seed in range(4):
+        bag = make_bag_volume(size=256, slices=128, threats=3, seed=seed, held_apart=True)  # the bench size
+        for t in bag.threats:
+            lo, hi = synth.HELD_APART_KINDS[t.kind]
+            box = bag.voxels[t.slices]
+            assert lo <= box.min() and box.max() <= hi, t
+            sz, sy, sx = bag.spacing_mm
+            ex, ey, ez = t.extent_xyz
+            if t.kind in ("low-density", "high-density"):
+                assert not LO <= t.density <= HI
+            elif t.kind == "sheet":
+                assert ey * sy < 4.0
+            else:
+                assert ex * ey * ez * sx * sy * sz / 1000.0 < 5.0
+            kinds.add(t.kind)
+        clear = make_bag_volume(size=128, slices=64, threats=0, seed=seed, held_apart=True)
+        assert [i.name for i in clear.items].count("honey jar") == 1
+    assert kinds == set(synth.HELD_APART_KINDS)
+    # The default bags are unchanged by the option's existence.
+    assert not any(i.name == "honey jar" for i in make_bag_volume(size=128, slices=64, threats=1, seed=0).items)

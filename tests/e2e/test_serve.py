@@ -214,3 +214,57 @@ def test_synth_command_writes_dicos_and_truth(tmp_path):
     assert int(ds.NumberOfFrames) == 8
     truth = json.loads((tmp_path / "s" / "truth.json").read_text())
     assert "1" in json.dumps(truth)  # the planted threat is recorded
+
+
+def test_a_threat_is_alerted_while_the_scan_arrives_through_storescu(tmp_path, free_port, dcmtk_env):
+    """The receiver's own path: a provisional machine TDR is in the store before the rest
+    of the scan is sent; once it is complete the final TDR holds what ``station detect``
+    finds on the whole scan, in the same TDR series."""
+    from station.core.dicos import read_tdr
+    from station.core.triage.alerts import is_provisional
+
+    bag = synth.make_bag_volume(size=64, slices=128, threats=2, seed=51)  # threats at z 23-34 and 75-90
+    files = sorted(synth.write_ct_series(bag, tmp_path / "bag"))
+    first, rest = tmp_path / "first", tmp_path / "rest"
+    first.mkdir()
+    rest.mkdir()
+    for i, f in enumerate(files):
+        f.rename((first if i < 64 else rest) / f.name)
+
+    def tdr_files() -> list[Path]:
+        return sorted((p for p in (tmp_path / "store" / "objects").rglob("*.dcm")
+                       if pydicom.dcmread(p, stop_before_pixels=True).Modality == "TDR"),
+                      key=lambda p: read_tdr(p).alarm_decision_time)
+
+    def send(folder: Path) -> int:  # slice by slice from the bottom, as a scanner sends (+sd follows readdir)
+        return subprocess.run(["storescu", "-R", "-aec", "STATION", "127.0.0.1", str(free_port),
+                               *map(str, sorted(folder.iterdir()))], env=dcmtk_env, timeout=120).returncode
+
+    proc = start_serve(tmp_path / "store", free_port)
+    try:
+        assert send(first) == 0
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not tdr_files():
+            time.sleep(0.25)
+        early = tdr_files()
+        assert send(rest) == 0
+        while time.monotonic() < deadline and all(is_provisional(read_tdr(p)) for p in tdr_files()):
+            time.sleep(0.25)
+    finally:
+        code, _, stderr = stop_serve(proc)
+    assert code == 0
+    assert len(early) == 1, f"no TDR while the scan arrived; receiver log:\n{stderr[-3000:]}"
+    provisional = read_tdr(early[0])
+    assert is_provisional(provisional) and len(provisional.ptos) == 1
+    reports = [read_tdr(p) for p in tdr_files()]
+    assert reports[0].sop_instance_uid == provisional.sop_instance_uid
+    # Provisional ones (a step may see the second threat before the last slice), then one final.
+    assert [is_provisional(t) for t in reports] == [True] * (len(reports) - 1) + [False], stderr[-3000:]
+    final = reports[-1]
+    assert {t.series_uid for t in reports} == {provisional.series_uid}
+    whole = subprocess.run([sys.executable, "-m", "station", "detect", str(first), str(rest), "--json"],
+                           capture_output=True, text=True, check=True)
+    alerts = json.loads(whole.stdout)["alerts"]
+    assert [(list(p.base), list(p.extent)) for p in final.ptos] == [
+        ([float(v) for v in a["base"]], [float(v) for v in a["extent"]]) for a in alerts]
+    assert len(alerts) == 2

@@ -1,5 +1,5 @@
 """Threat detectors: the interface, the built-in density detector, a registry, a process-pool
-runner, and the detection benchmark.
+runner, and ``station detect``.
 
 A detector looks at one CT volume and returns ``Detection`` objects (a voxel box, optional
 polygon and bitmap, mass/density/volume estimates and an assessment); the station turns
@@ -27,11 +27,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
-import statistics
-import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -49,6 +47,7 @@ LOGGER = logging.getLogger(__name__)
 
 __all__ = [
     "DensityDetector",
+    "DensityStream",
     "DetectError",
     "Detection",
     "DetectionRun",
@@ -56,7 +55,6 @@ __all__ = [
     "DetectorResult",
     "EXPLOSIVE_BAND_MHU",
     "LazyVolume",
-    "bench_detect",
     "box_iou",
     "detect_main",
     "detectors",
@@ -214,6 +212,18 @@ class LazyVolume:
             out[i] = self._volume.slice(z)[key[1], key[2]]
         return out
 
+    @property
+    def positions_mm(self) -> tuple[float, ...]:
+        """Slice positions along the normal (how a stream tells a continuation)."""
+        return tuple(self._volume.positions_along_normal_mm)
+
+    def is_prefix_from(self, first_sop: str | None) -> bool:
+        """Whether these slices look like the start of the final volume while it arrives:
+        the first slice to arrive is the lowest one and no slice is missing in between
+        (uniform spacing). Slices sent top down or in any order are not."""
+        slices = self._volume.slices
+        return bool(slices) and slices[0].sop_instance_uid == first_sop and self._volume.uniform_spacing
+
     def array(self) -> np.ndarray:
         """The whole volume (what an ndarray-only detector gets)."""
         return self._volume.array()
@@ -259,7 +269,7 @@ def _outline_polygon(proj: np.ndarray, x0: int, y0: int, z: float) -> tuple[floa
 class DensityDetector:
     """Built-in detector: compact objects in an explosive-like density band.
 
-    Parameters (tuned on ``station.core.synth.bags`` bags, see ``bench_detect``):
+    Parameters (tuned on ``station.core.synth.bags`` bags, see ``station bench detect``):
 
     * ``band_mhu``: density band in MHU (HU volumes are shifted by 1000).
     * ``min_thickness_mm``: an object must contain a box at least this thick along every
@@ -293,54 +303,23 @@ class DensityDetector:
     def detect(
         self, volume: np.ndarray, spacing_mm: tuple[float, float, float], **context: Any
     ) -> list[Detection]:
-        """Find in-band compact objects; pool worker process (any thread is safe)."""
-        started = datetime.now().astimezone()
-        # ndarray, memmap or LazyVolume: only .shape and basic slicing are used.
-        vol = volume if hasattr(volume, "shape") and hasattr(volume, "__getitem__") else np.asarray(volume)
-        if len(vol.shape) != 3 or min(vol.shape) == 0:
-            return []
-        spacing = tuple(float(s) for s in spacing_mm)
-        if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-            raise DetectError(f"invalid voxel spacing {spacing_mm!r}")
-        units = str(context.get("units") or "MHU").upper()
-        shift = -_HU_TO_MHU if units == "HU" else 0.0
-        lo, hi = self.band_mhu[0] + shift, self.band_mhu[1] + shift
-        k = tuple(max(2, math.ceil(self.min_thickness_mm / s)) for s in spacing)
+        """Find in-band compact objects; pool worker process (any thread is safe). The
+        one-step run of a ``DensityStream``: a scan examined slab by slab as it arrives
+        ends with exactly these detections."""
+        return self.stream().step(volume, spacing_mm, complete=True, **context)
 
-        # Coarse pass on a strided view (no copy until the comparison).
-        coarse = vol[:: k[0], :: k[1], :: k[2]]
-        cmask = (coarse >= lo) & (coarse <= hi)
-        if not cmask.any():
-            return []
-        clab, _ = ndimage.label(cmask, structure=np.ones((3, 3, 3), dtype=bool))
-        counts = np.bincount(clab.ravel())
-        coarse_ml = math.prod(kk * s for kk, s in zip(k, spacing)) / 1000.0
-        min_count = max(1, int(self.coarse_keep_fraction * self.min_volume_ml / coarse_ml))
-
-        voxel_ml = math.prod(spacing) / 1000.0
-        seen: set[tuple[Any, ...]] = set()
-        out: list[Detection] = []
-        for i, sl in enumerate(ndimage.find_objects(clab), 1):
-            if sl is None or counts[i] < min_count:
-                continue
-            seeds = (np.argwhere(clab[sl] == i) + [s.start for s in sl]) * np.asarray(k)
-            box_lo = [max(0, s.start * kk - kk) for s, kk in zip(sl, k)]
-            box_hi = [min(n, (s.stop - 1) * kk + kk + 1) for s, kk, n in zip(sl, k, vol.shape)]
-            for det in self._refine(vol, box_lo, box_hi, seeds, k, lo, hi, shift, voxel_ml, started):
-                key = (det.base_xyz, det.extent_xyz, det.volume_ml)
-                if key not in seen:
-                    seen.add(key)
-                    out.append(det)
-        out.sort(key=lambda d: (d.base_xyz[2], d.base_xyz[1], d.base_xyz[0]))
-        return out
+    def stream(self) -> DensityStream:
+        """An incremental run over a scan whose slices arrive in order (see DensityStream)."""
+        return DensityStream(self)
 
     def _refine(
         self, vol: np.ndarray, box_lo: list[int], box_hi: list[int], seeds: np.ndarray,
         k: tuple[int, int, int], lo: float, hi: float, shift: float, voxel_ml: float,
         started: datetime,
-    ) -> list[Detection]:
+    ) -> tuple[list[Detection], int]:
         """Full-resolution components holding the candidate's sample points, in a box that
-        grows until no kept component touches an inner face of it."""
+        grows until no kept component touches an inner face of it; with the z stop of
+        that box (it reached the last slice given when it equals ``vol.shape[0]``)."""
         shape = vol.shape
         while True:
             sub = vol[box_lo[0]:box_hi[0], box_lo[1]:box_hi[1], box_lo[2]:box_hi[2]]
@@ -351,7 +330,7 @@ class DensityDetector:
             ids = np.unique(lab[tuple(local[inside].T)])
             ids = ids[ids > 0]
             if ids.size == 0:
-                return []
+                return [], box_hi[0]
             objects = ndimage.find_objects(lab)
             grown = False
             for cid in ids:
@@ -373,7 +352,7 @@ class DensityDetector:
             det = self._measure(sub, lab, int(cid), objects[cid - 1], box_lo, shift, voxel_ml, started)
             if det is not None:
                 out.append(det)
-        return out
+        return out, box_hi[0]
 
     def _measure(
         self, sub: np.ndarray, lab: np.ndarray, cid: int, sl: tuple[slice, slice, slice],
@@ -423,6 +402,120 @@ class DensityDetector:
             processing_start=started,
             processing_end=datetime.now().astimezone(),
         )
+
+
+@dataclass
+class DensityStream:
+    """A ``DensityDetector`` run over a scan examined slab by slab while its slices arrive.
+
+    ``step`` is called with the slices arrived so far, in geometric order (a prefix of the
+    final volume: slices sent in ascending order), and returns the objects settled by it.
+    Whole-volume detection works candidate by candidate: a component of the strided
+    coarse sample (26-connected), then full-resolution refinement in a box around it.
+    A step settles exactly the candidates whose outcome the slices still to come cannot
+    change: the coarse component does not reach the newest sample row (it could still
+    grow there) and its refinement box stopped short of the newest slice. The others wait
+    for the next step, which reads only the new sample rows and refines them again:
+    that is the slabs' overlap, as deep as the objects that need it, so an object across
+    a slab boundary is found once and whole. With ``complete=True`` every candidate
+    settles, so the detections equal a whole-volume run's (``DensityDetector.detect`` is
+    that run in one step).
+
+    When the given slices are not a continuation of the ones examined (other spacing,
+    units or slice size; ``positions`` that differ from the examined ones: slices sent
+    out of order) the stream starts over (``restarted``). Plain data: it pickles to and
+    from a pool worker between steps.
+    """
+
+    detector: DensityDetector
+    slices_examined: int = 0
+    positions: tuple[float, ...] = ()
+    restarted: bool = False  # the last step started over
+    _key: tuple[Any, ...] | None = None
+    _coarse: np.ndarray | None = field(default=None, repr=False)
+    _settled: set[tuple[int, int, int]] = field(default_factory=set, repr=False)
+    _found: dict[tuple[Any, ...], Detection] = field(default_factory=dict, repr=False)
+
+    @property
+    def detections(self) -> list[Detection]:
+        """Everything settled so far, in the order ``detect`` returns it."""
+        return _ordered(self._found.values())
+
+    def step(
+        self, volume: np.ndarray, spacing_mm: tuple[float, float, float], *, complete: bool,
+        positions: Sequence[float] | None = None, **context: Any,
+    ) -> list[Detection]:
+        """Examine the slices given (all of the scan when ``complete``); return the objects
+        settled by this step (pool worker process)."""
+        started = datetime.now().astimezone()
+        det = self.detector
+        # ndarray, memmap or LazyVolume: only .shape and basic slicing are used.
+        vol = volume if hasattr(volume, "shape") and hasattr(volume, "__getitem__") else np.asarray(volume)
+        if len(vol.shape) != 3 or min(vol.shape) == 0:
+            return []
+        spacing = tuple(float(s) for s in spacing_mm)
+        if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+            raise DetectError(f"invalid voxel spacing {spacing_mm!r}")
+        units = str(context.get("units") or "MHU").upper()
+        shift = -_HU_TO_MHU if units == "HU" else 0.0
+        lo, hi = det.band_mhu[0] + shift, det.band_mhu[1] + shift
+        k = tuple(max(2, math.ceil(det.min_thickness_mm / s)) for s in spacing)
+        m = vol.shape[0]
+        given = tuple(float(p) for p in positions) if positions is not None else ()
+        key = (spacing, units, tuple(vol.shape[1:]))
+        if (key != self._key or m < self.slices_examined
+                or given[:len(self.positions)] != self.positions[:len(given)]):
+            self.restarted = self._key is not None
+            if self.restarted:
+                LOGGER.info("density stream: the slices are not a continuation; examining from the start")
+            self.slices_examined, self._key, self._coarse = 0, key, None
+            self._settled, self._found = set(), {}
+        else:
+            self.restarted = False
+        self.slices_examined, self.positions = m, given
+
+        # Coarse pass on a strided view: only the sample rows not read by earlier steps.
+        rows = -(-m // k[0])
+        have = 0 if self._coarse is None else self._coarse.shape[0]
+        if rows > have:
+            sample = vol[have * k[0]:m:k[0], :: k[1], :: k[2]]
+            fresh = (sample >= lo) & (sample <= hi)
+            self._coarse = fresh if self._coarse is None else np.concatenate([self._coarse, fresh])
+        cmask = self._coarse
+        if cmask is None or not cmask.any():
+            return []
+        clab, _ = ndimage.label(cmask, structure=np.ones((3, 3, 3), dtype=bool))
+        counts = np.bincount(clab.ravel())
+        coarse_ml = math.prod(kk * s for kk, s in zip(k, spacing)) / 1000.0
+        min_count = max(1, int(det.coarse_keep_fraction * det.min_volume_ml / coarse_ml))
+
+        voxel_ml = math.prod(spacing) / 1000.0
+        new: list[Detection] = []
+        for i, sl in enumerate(ndimage.find_objects(clab), 1):
+            if sl is None or counts[i] < min_count:
+                continue
+            if not complete and sl[0].stop >= rows:
+                continue  # reaches the newest sample row: may grow with the next slices
+            seeds = (np.argwhere(clab[sl] == i) + [s.start for s in sl]) * np.asarray(k)
+            candidate = tuple(int(v) for v in seeds[0])  # a settled component never changes
+            if candidate in self._settled:
+                continue
+            box_lo = [max(0, s.start * kk - kk) for s, kk in zip(sl, k)]
+            box_hi = [min(n, (s.stop - 1) * kk + kk + 1) for s, kk, n in zip(sl, k, vol.shape)]
+            found, z_stop = det._refine(vol, box_lo, box_hi, seeds, k, lo, hi, shift, voxel_ml, started)
+            if not complete and z_stop >= m:
+                continue  # its box reached the newest slice: the next slices may change it
+            self._settled.add(candidate)
+            for d in found:
+                dkey = (d.base_xyz, d.extent_xyz, d.volume_ml)
+                if dkey not in self._found:
+                    self._found[dkey] = d
+                    new.append(d)
+        return _ordered(new)
+
+
+def _ordered(found: Any) -> list[Detection]:
+    return sorted(found, key=lambda d: (d.base_xyz[::-1], d.extent_xyz[::-1], d.volume_ml or 0.0))
 
 
 # --------------------------------------------------------------------------- registry
@@ -483,6 +576,10 @@ class DetectionRun:
     """Results of all detectors on one volume, with what was needed to report them.
 
     ``scan`` is set when the volume was loaded from DICOM files (for the machine TDR).
+    A step of a scan still arriving (``complete`` False) holds what the detectors'
+    ``streams`` settled so far (detectors without ``stream()`` run on complete scans
+    only); ``new`` counts the objects this step settled, ``streams`` carries their state
+    back for the next step.
     """
 
     results: list[DetectorResult]
@@ -491,6 +588,9 @@ class DetectionRun:
     units: str
     load_seconds: float
     scan: ScanRef | None = None
+    complete: bool = True
+    new: int = 0
+    streams: tuple[Any, ...] = ()
 
     @property
     def detections(self) -> list[Detection]:
@@ -561,6 +661,11 @@ def load_for_detection(
         vol = load_volume(source)
     except VolumeError as exc:
         raise DetectError(str(exc)) from exc
+    return _ct_volume(vol, units)
+
+
+def _ct_volume(vol: Any, units: str | None) -> tuple[LazyVolume, tuple[float, float, float], str, ScanRef]:
+    """``load_for_detection``'s answer for a ``SeriesVolume``; DetectError unless it is a CT."""
     if vol.modality.upper() != "CT" or vol.n_slices < 2:
         raise DetectError(
             f"series {vol.series_uid}: modality {vol.modality or '?'} with {vol.n_slices} "
@@ -571,16 +676,71 @@ def load_for_detection(
     return LazyVolume(vol), vol.spacing_mm, units or _units_for(vol.rescale_type), scan_ref_from_volume(vol)
 
 
+# Pool worker process: the volumes of the scans being streamed (by series), so that a step
+# reads the headers of the slices stored since the last step only. A task for another
+# worker, or files gone from the list, build the volume afresh; the last step drops it.
+_GROWING: OrderedDict[str, tuple[Any, set[str]]] = OrderedDict()
+_GROWING_MAX = 2
+
+
+def _growing_volume(key: str, paths: list[str], units: str | None, last: bool) -> tuple[Any, ...]:
+    from station.core.imaging.volume import SeriesVolume, VolumeError
+
+    vol, seen = _GROWING.pop(key, (None, set()))
+    if vol is None or not seen <= set(paths):
+        vol, seen = SeriesVolume(), set()
+    try:
+        for p in paths:
+            if p not in seen:
+                vol.add_file(p)
+                seen.add(p)
+    except VolumeError as exc:
+        raise DetectError(str(exc)) from exc
+    if not last:
+        _GROWING[key] = (vol, seen)
+        while len(_GROWING) > _GROWING_MAX:
+            _GROWING.popitem(last=False)
+    return _ct_volume(vol, units)
+
+
 def _pool_job(
     source: Any, spacing_mm: tuple[float, float, float] | None, dets: list[Detector],
-    context: dict[str, Any],
+    context: dict[str, Any], streams: Sequence[Any] | None = None, complete: bool = True,
+    volume_key: str | None = None, first_sop: str | None = None,
 ) -> DetectionRun:
-    """Body of a pool task (module level so it pickles): load, then run every detector."""
+    """Body of a pool task (module level so it pickles): load, then run every detector,
+    or with ``streams`` one step of each detector's stream (see ``DetectionRun``)."""
     t0 = time.perf_counter()
-    volume, spacing, units, scan = load_for_detection(source, spacing_mm, context.pop("units", None))
+    if streams is not None and volume_key and isinstance(source, list):
+        volume, spacing, units, scan = _growing_volume(volume_key, source, context.pop("units", None), complete)
+    else:
+        volume, spacing, units, scan = load_for_detection(source, spacing_mm, context.pop("units", None))
     load_s = time.perf_counter() - t0
-    results = run_detectors(volume, spacing, detector_list=dets, units=units, **context)
-    return DetectionRun(results, tuple(volume.shape), tuple(spacing), units, load_s, scan)  # type: ignore[arg-type]
+    shape = tuple(volume.shape)
+    if streams is None:
+        results = run_detectors(volume, spacing, detector_list=dets, units=units, **context)
+        return DetectionRun(results, shape, tuple(spacing), units, load_s, scan)  # type: ignore[arg-type]
+    positions = volume.positions_mm if isinstance(volume, LazyVolume) else None
+    # Objects settled on slices that are no prefix of the final volume (sent top down, or
+    # the stream had to start over) have boxes that will move: no alert from those.
+    prefix = complete or not isinstance(volume, LazyVolume) or volume.is_prefix_from(first_sop)
+    results, new = [], 0
+    for det, stream in zip(dets, streams):
+        if stream is None:
+            if complete:
+                results += run_detectors(volume, spacing, detector_list=[det], units=units, **context)
+            continue
+        t1 = time.perf_counter()
+        try:
+            found = stream.step(volume, spacing, complete=complete, positions=positions, units=units, **context)
+            new += len(found) if prefix and not getattr(stream, "restarted", False) else 0
+            results.append(DetectorResult(det.name, det.version, stream.detections, time.perf_counter() - t1))
+        except Exception as exc:  # as in run_detectors: one broken detector hides nothing else
+            LOGGER.exception("detector %s %s failed", det.name, det.version)
+            results.append(DetectorResult(det.name, det.version, [], time.perf_counter() - t1,
+                                          f"{type(exc).__name__}: {exc}"))
+    return DetectionRun(results, shape, tuple(spacing), units, load_s, scan,  # type: ignore[arg-type]
+                        complete, new, tuple(streams))
 
 
 def run_detectors_in_pool(
@@ -589,6 +749,10 @@ def run_detectors_in_pool(
     *,
     spacing_mm: tuple[float, float, float] | None = None,
     detector_list: Sequence[Detector] | None = None,
+    streams: Sequence[Any] | None = None,
+    complete: bool = True,
+    volume_key: str | None = None,
+    first_sop: str | None = None,
     **context: Any,
 ) -> Future[DetectionRun]:
     """Submit detection of one scan to ``pool`` (a ProcessPoolExecutor in the station)
@@ -596,12 +760,21 @@ def run_detectors_in_pool(
 
     Pass DICOM paths (the worker loads them lazily from the store) rather than a big
     array: an array is pickled to the worker, ~300 MB for a 512x512x300 float32 bag.
-    The detectors (default: the registered ones) are pickled with the task. Any thread.
+    The detectors (default: the registered ones) are pickled with the task. ``streams``
+    (one per detector: its ``stream()`` or None) makes the task one step over the slices
+    arrived so far, or the last step with ``complete``; the Future's run carries the
+    streams' new state. ``volume_key`` (the series) lets the worker keep the scan's
+    volume between steps and read only the new files' headers; ``first_sop``, the first
+    instance of it to arrive, tells slices sent bottom up (a step's objects are then
+    where they stay, and count as ``new``) from others. Any thread.
     """
     dets = list(detector_list if detector_list is not None else detectors())
     if not isinstance(source, np.ndarray) and not isinstance(source, (str, os.PathLike)):
         source = [str(p) for p in source]
-    return pool.submit(_pool_job, source, spacing_mm, dets, dict(context))
+    if streams is None:
+        return pool.submit(_pool_job, source, spacing_mm, dets, dict(context))
+    return pool.submit(_pool_job, source, spacing_mm, dets, dict(context), list(streams), complete, volume_key,
+                       first_sop)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -650,7 +823,7 @@ def detect_main(
     return out
 
 
-# --------------------------------------------------------------------------- bench
+# --------------------------------------------------------------------------- scoring
 
 
 def box_iou(
@@ -667,161 +840,3 @@ def box_iou(
     vol_a = math.prod(extent_a)
     vol_b = math.prod(extent_b)
     return inter / (vol_a + vol_b - inter)
-
-
-def _score_bag(bag: Any, found: list[Detection], iou_threshold: float) -> tuple[int, int, int]:
-    """(threats found, threats, false alarms) for one synthetic bag."""
-    hits = 0
-    matched: set[int] = set()
-    for t in bag.threats:
-        best, best_i = 0.0, -1
-        for i, d in enumerate(found):
-            iou = box_iou(t.base_xyz, t.extent_xyz, d.base_xyz, d.extent_xyz)
-            if iou > best:
-                best, best_i = iou, i
-        if best >= iou_threshold:
-            hits += 1
-            matched.add(best_i)
-    false_alarms = sum(
-        1 for i, d in enumerate(found)
-        if i not in matched and not any(
-            box_iou(t.base_xyz, t.extent_xyz, d.base_xyz, d.extent_xyz) >= iou_threshold
-            for t in bag.threats)
-    )
-    return hits, len(bag.threats), false_alarms
-
-
-def bench_detect(
-    *,
-    threat_bags: int = 24,
-    clear_bags: int = 24,
-    max_threats: int = 3,
-    size: int = 256,
-    slices: int = 128,
-    seed: int = 1000,
-    iou_threshold: float = 0.3,
-    latency_size: int = 512,
-    latency_slices: int = 300,
-    latency_repeats: int = 3,
-    detector: Detector | None = None,
-) -> dict[str, Any]:
-    """Quality figures of a detector on synthetic bags, for ``station bench detect --json``.
-
-    * Recall: bags with seeds ``seed ..`` holding 1..``max_threats`` planted threats each
-      (plus the latency bag); a threat is found when a detection box overlaps its truth
-      box with IoU >= ``iou_threshold``.
-    * False alarms per clear bag: bags with seeds ``seed + 10000 ..``, no threats, with the
-      dense harmless confusers (book, shoe, shampoo, mug, PVC folder) every synthetic bag
-      holds.
-    * Latency after the last slice for a ``latency_size`` x ``latency_size`` x
-      ``latency_slices`` bag, written once as one DICOS CT multi-frame file and once as a
-      classic one-file-per-slice series: open the series from disk as a pool worker does
-      once the last slice is stored (headers, then pixels as the detector reads them) and
-      detect; median of ``latency_repeats`` per format, ``latency_s`` is the slower one.
-
-    Goals (issue 4): recall >= 0.95, false alarms per clear bag <= 0.1, latency < 1 s.
-    Runs in the calling process (a benchmark measures one core's worth of work).
-    """
-    from station.core.synth.bags import make_bag_volume, write_ct_series
-
-    det = detector or DensityDetector()
-    started = time.perf_counter()
-    found_total = threats_total = fa_threat_bags = 0
-    missed: list[dict[str, Any]] = []
-    for i in range(threat_bags):
-        s = seed + i
-        bag = make_bag_volume(size=size, slices=slices, threats=1 + i % max_threats, seed=s)
-        found = det.detect(bag.voxels, bag.spacing_mm, units="MHU")
-        hits, n, fa = _score_bag(bag, found, iou_threshold)
-        found_total += hits
-        threats_total += n
-        fa_threat_bags += fa
-        if hits < n:
-            missed.append({"seed": s, "threats": n, "found": hits})
-    clear_fa = 0
-    clear_fa_seeds: list[int] = []
-    for i in range(clear_bags):
-        s = seed + 10000 + i
-        bag = make_bag_volume(size=size, slices=slices, threats=0, seed=s, clear_dense=True)
-        found = det.detect(bag.voxels, bag.spacing_mm, units="MHU")
-        clear_fa += len(found)
-        if found:
-            clear_fa_seeds.append(s)
-
-    # Latency on a full-size bag, from files as after the last slice arrived.
-    lat_seed = seed + 20000
-    big = make_bag_volume(size=latency_size, slices=latency_slices, threats=2, seed=lat_seed)
-    hits, n, fa = _score_bag(big, det.detect(big.voxels, big.spacing_mm, units="MHU"), iou_threshold)
-    found_total += hits
-    threats_total += n
-    fa_threat_bags += fa
-    if hits < n:
-        missed.append({"seed": lat_seed, "threats": n, "found": hits, "size": latency_size})
-    work = Path(tempfile.mkdtemp(prefix="station-bench-detect-"))
-    timings: dict[str, dict[str, list[float]]] = {}
-    try:
-        series = {
-            "dicos_multiframe": write_ct_series(big, work / "dicos", dicos=True, seed=lat_seed),
-            "classic_per_slice": write_ct_series(big, work / "classic", dicos=False, seed=lat_seed),
-        }
-        del big
-        for label, files in series.items():
-            t = timings[label] = {"load": [], "detect": [], "total": []}
-            for _ in range(max(1, latency_repeats)):
-                t0 = time.perf_counter()
-                volume, spacing, units, _scan = load_for_detection(files)
-                t1 = time.perf_counter()
-                det.detect(volume, spacing, units=units)
-                t2 = time.perf_counter()
-                t["load"].append(t1 - t0)
-                t["detect"].append(t2 - t1)
-                t["total"].append(t2 - t0)
-                del volume
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-    recall = found_total / threats_total if threats_total else 1.0
-    fa_per_clear = clear_fa / clear_bags if clear_bags else 0.0
-    latency = max(statistics.median(t["total"]) for t in timings.values())
-    goals = {"recall_min": 0.95, "false_alarms_per_clear_bag_max": 0.1, "latency_s_max": 1.0}
-    met = {
-        "recall": recall >= goals["recall_min"],
-        "false_alarms_per_clear_bag": fa_per_clear <= goals["false_alarms_per_clear_bag_max"],
-        "latency": latency < goals["latency_s_max"],
-    }
-    return {
-        "benchmark": "detect",
-        "detector": {"name": det.name, "version": det.version},
-        "recall": round(recall, 4),
-        "threats": threats_total,
-        "threats_found": found_total,
-        "false_alarms_per_clear_bag": round(fa_per_clear, 4),
-        "false_alarms_in_threat_bags": fa_threat_bags,
-        "latency_s": round(latency, 3),
-        "latency_detail_s": {
-            label: {
-                "median_total": round(statistics.median(t["total"]), 3),
-                "median_load_headers": round(statistics.median(t["load"]), 3),
-                "median_detect": round(statistics.median(t["detect"]), 3),
-                "runs_total": [round(v, 3) for v in t["total"]],
-            }
-            for label, t in timings.items()
-        },
-        "setup": {
-            "threat_bags": threat_bags, "clear_bags": clear_bags,
-            "threats_per_bag": f"1..{max_threats}", "bag_shape_zyx": [slices, size, size],
-            "threat_seeds": [seed, seed + threat_bags - 1],
-            "clear_seeds": [seed + 10000, seed + 10000 + clear_bags - 1],
-            "latency_bag": {"shape_zyx": [latency_slices, latency_size, latency_size],
-                            "seed": lat_seed, "threats": 2,
-                            "formats": "DICOS CT multi-frame and classic CT (300 files), "
-                                       "explicit VR LE; latency_s is the slower median"},
-            "iou_threshold": iou_threshold, "cpu_count": os.cpu_count(),
-        },
-        "missed": missed,
-        "clear_bags_with_alarms": clear_fa_seeds,
-        "goal": goals,
-        "met": met,
-        "goal_met": all(met.values()),
-        "seconds": round(time.perf_counter() - started, 1),
-    }

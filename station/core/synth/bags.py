@@ -35,6 +35,21 @@ coins / keys                   8000-9500
                                voxel of the box, mean within the band
 =============================  ==========================================
 
+Held-apart bags (``held_apart=True``): the default threats sit in the density band and
+the sizes the built-in detector is tuned to, so its figures on them say little about
+anything else. Held-apart threats are, in turn (``HELD_APART_KINDS``):
+
+=============================  ==========================================
+low-density                    1150-1380 (peroxide or nitrate mixtures)
+high-density                   1720-1900 (PETN, RDX, HMX)
+sheet                          in the band, 2-3.5 mm thick (sheet explosive)
+small                          in the band, 12-16 mm cube, 2-4 ml (a booster)
+=============================  ==========================================
+
+and every held-apart bag, clear ones too, also holds a jar of honey (1420-1450, in the
+band and thick, glass wall 2500): the classic nuisance alarm. The detector is never
+tuned on these bags; ``station bench detect`` reports its figures on both sets.
+
 Geometry
 --------
 The volume is ``(z, y, x)``: z runs along the belt (one slice per z), y is vertical with
@@ -113,6 +128,7 @@ __all__ = [
     "PlacedItem",
     "PlantedThreat",
     "SUPPORTED_TRANSFER_SYNTAXES",
+    "HELD_APART_KINDS",
     "THREAT_DENSITY_RANGE",
     "make_bag_volume",
     "synth_main",
@@ -124,6 +140,14 @@ __all__ = [
 # Every voxel of a planted threat box lies in this closed interval; no harmless object
 # has a compact (3x3x3) in-band region.
 THREAT_DENSITY_RANGE: tuple[int, int] = (1400, 1700)
+
+# Held-apart threats (see the module docstring): kind -> MHU range.
+HELD_APART_KINDS: dict[str, tuple[int, int]] = {
+    "low-density": (1150, 1380),
+    "high-density": (1720, 1900),
+    "sheet": THREAT_DENSITY_RANGE,
+    "small": THREAT_DENSITY_RANGE,
+}
 
 MHU_MIN = -1000  # so that stored = MHU + 1000 always fits uint16 (>= 0)
 MHU_MAX = 30000
@@ -180,6 +204,7 @@ class PlantedThreat:
     extent_xyz: tuple[int, int, int]
     category: str = "EXPLOSIVE"
     density: float = 0.0
+    kind: str = ""  # a HELD_APART_KINDS key for held-apart threats
 
     @property
     def slices(self) -> tuple[slice, slice, slice]:
@@ -199,6 +224,7 @@ class PlantedThreat:
             "extent": list(self.extent_xyz),
             "category": self.category,
             "density": round(self.density, 1),
+            **({"kind": self.kind} if self.kind else {}),
         }
 
 
@@ -400,13 +426,15 @@ def make_bag_volume(
     threats: int = 0,
     seed: int = 0,
     clear_dense: bool = True,
+    held_apart: bool = False,
 ) -> BagVolume:
     """Build a synthetic suitcase CT volume of shape (slices, size, size).
 
     ``threats`` compact explosive-like blocks are planted (boxes known exactly, see
     ``BagVolume.threats``). With ``clear_dense`` the bag also holds harmless dense
     confusers (book, shoe, shampoo, mug, PVC folder) whose densities are outside
-    THREAT_DENSITY_RANGE or which are thin. Raises ValueError for sizes too small to hold
+    THREAT_DENSITY_RANGE or which are thin. ``held_apart``: threats outside the band and
+    sizes the detector is tuned to, and a jar of honey (module docstring). Raises ValueError for sizes too small to hold
     a bag or when the threats cannot be placed.
     """
     if size < 32 or slices < 8:
@@ -428,6 +456,7 @@ def make_bag_volume(
     rng_threat = np.random.default_rng([seed, 4])
     rng_noise = np.random.default_rng([seed, 5])
     rng_clothes = np.random.default_rng([seed, 6])
+    rng_held = np.random.default_rng([seed, 7])
 
     vol = np.zeros((slices, size, size), dtype=np.int16)
     b = _Builder(vol, spacing)
@@ -437,9 +466,11 @@ def make_bag_volume(
     _add_items(b, rng_items)
     if clear_dense:
         _add_confusers(b, rng_conf)
+    if held_apart:
+        _add_honey(b, rng_held)
     _add_noise(vol, rng_noise)
     np.clip(vol, MHU_MIN, MHU_MAX, out=vol)
-    planted = _add_threats(b, rng_threat, threats)
+    planted = _add_threats(b, rng_threat, threats, held_apart=seed if held_apart else None)
 
     vol.flags.writeable = False
     case_base, case_ext = b.case.xyz()
@@ -851,24 +882,33 @@ def _add_noise(vol: np.ndarray, rng: np.random.Generator) -> None:
         vol[z] += pool[o:o + per_slice].reshape(ny, nx)
 
 
-def _add_threats(b: _Builder, rng: np.random.Generator, count: int) -> list[PlantedThreat]:
+def _add_threats(b: _Builder, rng: np.random.Generator, count: int, held_apart: int | None = None) -> list[PlantedThreat]:
     """Plant ``count`` compact explosive-like blocks fully inside the bag interior.
 
     Each box is filled entirely with values inside THREAT_DENSITY_RANGE (nominal density,
     a gentle gradient and fine texture, clipped to the band), so the box is exact truth.
-    Threats avoid each other always and other items when possible.
+    Threats avoid each other always and other items when possible. With ``held_apart``
+    (the bag's seed: it picks the first kind) they are of the HELD_APART_KINDS in turn.
     """
-    lo_band, hi_band = THREAT_DENSITY_RANGE
+    kinds = list(HELD_APART_KINDS)
     planted: list[PlantedThreat] = []
     boxes: list[_Box] = []
     for tid in range(1, count + 1):
+        kind = "" if held_apart is None else kinds[(held_apart + tid - 1) % len(kinds)]
+        lo_band, hi_band = HELD_APART_KINDS.get(kind, THREAT_DENSITY_RANGE)
         box = None
         for attempt in range(6):
             shrink = 1.0 - 0.15 * attempt
             ext = (b.vox(rng.uniform(40, 150) * shrink, 0),
                    b.vox(rng.uniform(30, 100) * shrink, 1),
                    b.vox(rng.uniform(40, 150) * shrink, 2))
-            ext = tuple(max(2, e) for e in ext)
+            if kind == "sheet":  # lying flat: thin along y
+                ext = (b.vox(rng.uniform(100, 200), 0), b.vox(rng.uniform(2.0, 3.5), 1),
+                       b.vox(rng.uniform(100, 200), 2))
+            elif kind == "small":
+                side = rng.uniform(12.0, 16.0)
+                ext = (b.vox(side, 0), b.vox(side, 1), b.vox(side, 2))
+            ext = tuple(max(1 if kind == "sheet" else 2, e) for e in ext)
             # first try to keep clear of items, then accept overlap (painted over them)
             avoid = b.occupied + boxes if attempt < 3 else boxes
             box = b.place(rng, ext, avoid=avoid, need_interior=True, tries=80)
@@ -885,8 +925,21 @@ def _add_threats(b: _Builder, rng: np.random.Generator, count: int) -> list[Plan
         boxes.append(box)
         base, ext_xyz = box.xyz()
         planted.append(PlantedThreat(tid, base, ext_xyz, "EXPLOSIVE",
-                                     float(b.vol[box.slices].mean())))
+                                     float(b.vol[box.slices].mean()), kind))
     return planted
+
+
+def _add_honey(b: _Builder, rng: np.random.Generator) -> None:
+    """Upright glass jar of honey: in the threat band and thick (a nuisance alarm)."""
+    r, h = rng.uniform(35, 40), rng.uniform(90, 110)
+    box = b.place(rng, (b.vox(2 * r, 0), b.vox(h, 1), b.vox(2 * r, 2)))
+    if box is None:
+        return
+    rn, _, one = _cylinder(b, box, 1)
+    honey = int(rng.uniform(1420, 1450))
+    val = np.where(rn > 1.0 - one, 2500, honey).astype(np.int16)
+    b.paint(box, np.broadcast_to(rn <= 1.0, box.ext), np.broadcast_to(val, box.ext))
+    b.record("honey jar", "confuser", box, (honey, 2500))
 
 
 # ---------------------------------------------------------------------------------------

@@ -4,7 +4,10 @@ Every machine TDR in the store (from a scanner's ATR, or written by the station'
 detector) contributes one alert per potential threat object it flags; a machine TDR that
 says ALARM without any PTO contributes one scan-level alert. An alert is resolved once an
 operator TDR referencing its machine TDR is in the store: decisions are TDRs too, so the
-state survives restarts and travels with the scan. No Qt: the alert panel (ui) shows an
+state survives restarts and travels with the scan. A *provisional* machine TDR (the
+station's detector raising alerts while a scan still arrives, ``PROVISIONAL`` in its
+algorithm parameters) is replaced by the next machine TDR of the same algorithm on that
+scan: its unresolved alerts go, and the same boxes in the next TDR are not new. No Qt: the alert panel (ui) shows an
 ``AlertBook`` and asks it to record decisions.
 """
 
@@ -23,6 +26,9 @@ from station.core.dicom.sopclasses import DICOS_TDR
 from station.core.store.store import Store
 
 LOGGER = logging.getLogger(__name__)
+
+PROVISIONAL = "provisional"
+"""First word of the algorithm parameter that marks a machine TDR as provisional."""
 
 SEVERITY_RANK = {"HIGH_THREAT": 0, "THREAT": 1, "ANOMALY": 2, "UNKNOWN": 3, "NO_THREAT": 4}
 
@@ -70,6 +76,8 @@ def alerts_of(tdr: Tdr, series_uid: str | None, received_at: float) -> list[Aler
     if tdr.tdr_type != "MACHINE" or not tdr.is_alarm:
         return []
     source, from_station = _source(tdr)
+    if is_provisional(tdr):
+        source += " (scan still arriving)"
     raised = tdr.alarm_decision_time.timestamp() if tdr.alarm_decision_time else received_at
     alerts = []
     for pto in tdr.ptos:
@@ -90,6 +98,11 @@ def alerts_of(tdr: Tdr, series_uid: str | None, received_at: float) -> list[Aler
     return alerts
 
 
+def is_provisional(tdr: Tdr) -> bool:
+    """A machine TDR raised while its scan was still arriving (a later one replaces it)."""
+    return tdr.algorithm is not None and any(p.lower().startswith(PROVISIONAL) for p in tdr.algorithm.parameters)
+
+
 class AlertBook:
     """Every alert in the store and which are resolved. GUI thread (or any single thread).
 
@@ -105,6 +118,7 @@ class AlertBook:
         self._alerts: dict[str, Alert] = {}
         self._machine: dict[str, Tdr] = {}  # machine TDR UID -> TDR
         self._resolved: dict[str, str] = {}  # machine TDR UID -> operator decision
+        self._provisional: dict[tuple[str, str], str] = {}  # (scan, algorithm) -> provisional TDR UID
         self.errors: list[str] = []
 
     # -- reading -------------------------------------------------------------------------------
@@ -132,9 +146,19 @@ class AlertBook:
             if tdr.tdr_type != "MACHINE":
                 return []
             self._machine[tdr.sop_instance_uid] = tdr
-        new = alerts_of(tdr, self._series_for(tdr), received_at or time.time())
+        series = self._series_for(tdr)
+        new = alerts_of(tdr, series, received_at or time.time())
+        scan = (series or tdr.scan_study_uid, str(tdr.algorithm or ""))
         with self._lock:
-            fresh = [a for a in new if a.key not in self._alerts]
+            replaced = self._provisional.pop(scan, None)
+            seen: set[tuple[object, ...]] = set()
+            if replaced is not None and replaced not in self._resolved:
+                for key in [k for k, a in self._alerts.items() if a.tdr_uid == replaced]:
+                    old = self._alerts.pop(key)
+                    seen.add((old.severity, old.base, old.extent))
+            if is_provisional(tdr):
+                self._provisional[scan] = tdr.sop_instance_uid
+            fresh = [a for a in new if a.key not in self._alerts and (a.severity, a.base, a.extent) not in seen]
             for alert in new:
                 self._alerts[alert.key] = alert
         return fresh
