@@ -9,7 +9,6 @@ store watched by a ``DetectionService``, streaming and whole-volume in the same 
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import statistics

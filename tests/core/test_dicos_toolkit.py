@@ -223,3 +223,42 @@ def test_site_settings_sign_the_tdrs_the_station_writes(dicos_ct, tmp_path):
     run = subprocess.run([sys.executable, "-m", "station", "--config", str(config), "detect", str(dicos_ct)],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "[site]" in run.stderr and "station_name" in run.stderr
+
+
+def test_an_analyst_marks_a_threat_the_machine_missed(dicos_ct, bag, store, tmp_path):
+    """Operator TDRs with the analyst's own PTO box: next to the machine's PTOs, and for a
+    scan that had no machine TDR at all; both read right by the toolkit."""
+    from station.core.dicos import Pto, scan_ref_from_volume
+
+    scan_row = store.import_file(dicos_ct)
+    scan = scan_ref_from_volume(load_volume([dicos_ct]))
+    box = Pto(id=0, base=(10.0, 12.0, 4.0), extent=(8.0, 6.0, 3.0), category="PROHIBITED_ITEM")
+    book = AlertBook(store)
+    book.load()
+    (alone,) = book.record_decision(scan_row.series_uid, "THREAT", "analyst-2", drawn=[box], scan=scan)
+    (row,) = [r for r in store.instances_of_class(DICOS_TDR) if r.sop_instance_uid == alone]
+    data = toolkit_read("tdr", Path(row.path)).get_data()
+    assert data["TDRType"] == TDR_TYPE.enumOperator and data["AlarmDecision"] == ALARM_DECISION.enumAlarm
+    (pto,) = data["PTOs"]
+    assert (pto["Base"]["x"], pto["Base"]["y"], pto["Base"]["z"]) == box.base
+    assert (pto["Extent"]["x"], pto["Extent"]["y"], pto["Extent"]["z"]) == box.extent
+    assert pto["Assessment"]["flag"] == ASSESSMENT_FLAG.enumThreat
+    assert pto["Assessment"]["category"] == THREAT_CATEGORY.enumProhibitedItem
+    ours = read_tdr(Path(row.path))
+    assert ours.operator_decision == "THREAT" and ours.referenced_tdrs == ()
+    assert ours.scan_study_uid == scan.study_uid and ours.ooi_id == scan.patient_id
+    assert [r.sop_instance_uid for r in ours.ptos[0].referenced_instances] == list(scan.instance_uids)
+
+    detect_main([dicos_ct], tdr_out=tmp_path / "machine.dcm")
+    machine = read_tdr(store.import_file(tmp_path / "machine.dcm").path)
+    book.load()
+    (both,) = book.record_decision(scan_row.series_uid, "THREAT", "analyst-2", drawn=[box], scan=scan)
+    (row,) = [r for r in store.instances_of_class(DICOS_TDR) if r.sop_instance_uid == both]
+    data = toolkit_read("tdr", Path(row.path)).get_data()
+    assert len(data["PTOs"]) == len(machine.ptos) + 1
+    ours = read_tdr(Path(row.path))
+    assert [p.id for p in ours.ptos] == [*(p.id for p in machine.ptos), max(p.id for p in machine.ptos) + 1]
+    assert ours.ptos[-1].base == box.base and ours.ptos[-1].referenced_pto_id is None
+    assert [p.referenced_pto_id for p in ours.ptos[:-1]] == [p.id for p in machine.ptos]
+    with pytest.raises(ValueError, match="CLEAR contradicts a box"):
+        book.record_decision(scan_row.series_uid, "CLEAR", "analyst-2", drawn=[box], scan=scan)

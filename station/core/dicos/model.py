@@ -34,6 +34,25 @@ OPERATOR_DECISIONS = ("CLEAR", "SUSPECT", "THREAT")
 # Spellings seen in other DICOS writers, mapped to the ones above.
 _TDR_TYPE_ALIASES = {"GROUND TRUTH": "GROUND_TRUTH"}
 _ABORT_REASON_ALIASES = {"UNKNOWN_DATATYPE": "UNKNOWN_DATA_TYPE"}
+# ThreatCategory on the wire: DICOS V03 spells a prohibited item "PI" (the NEMA toolkit reads
+# "PROHIBITED_ITEM" as an unknown category); V02/V02A wrote "PROHIBITED ITEM", and V03's
+# sub-categories ("SHARPS PI", "WEAPONS PI", ...) and "WEAPON" are prohibited items too.
+_CATEGORY_ON_WIRE = {"PROHIBITED_ITEM": "PI"}
+
+
+def category_to_wire(category: str) -> str:
+    """The (4010,1012) ThreatCategory value the toolkit reads for a model category."""
+    return _CATEGORY_ON_WIRE.get(category, category)
+
+
+def category_from_wire(value: str) -> str:
+    """The model category (one of THREAT_CATEGORIES when known) for a ThreatCategory value."""
+    value = value.strip().upper()
+    if value in ("PI", "PROHIBITED ITEM", "WEAPON") or value.endswith(" PI") and value != "PHARMACEUTICAL PI":
+        return "PROHIBITED_ITEM"
+    if value == "PHARMACEUTICAL PI":
+        return "PHARMACEUTICAL"
+    return value or "OTHER"
 
 DICOS_VERSION = "V03"
 """DICOS version written in (0002,0004) and (4010,103A); the toolkit reads V02, V02A and V03."""

@@ -43,6 +43,7 @@ from station.core.dicos.model import (
     _PRIVATE_GROUP,
     _PRIVATE_NOTE,
     _TDR_TYPE_ALIASES,
+    category_from_wire,
 )
 
 _STORAGE_CLASS_ROOT = "1.2.840.10008.5.1.4.1.1."  # every image/TDR storage SOP class
@@ -452,7 +453,7 @@ def _parse_ptos(ds: Dataset, r: _Reader) -> list[Pto]:
             base=base,  # type: ignore[arg-type]
             extent=extent,  # type: ignore[arg-type]
             flag=flag,
-            category=r.text(a, "ThreatCategory", where).upper() or "OTHER",
+            category=category_from_wire(r.text(a, "ThreatCategory", where)),
             category_description=r.text(a, "ThreatCategoryDescription", where),
             ability=r.text(a, "ATDAbilityAssessment", where).upper(),
             probability=probability,

@@ -40,6 +40,7 @@ from station.core.dicos.model import (
     _PRIVATE_GROUP,
     _PRIVATE_NOTE,
     _STUDY_REFERENCE_CLASS,
+    category_to_wire,
 )
 from station.core.dicos.reader import _Reader, read_tdr, tdr_from_dataset
 
@@ -199,7 +200,7 @@ def _pto_item(p: Pto) -> Dataset:
         rep.PTOLocationDescription = p.location_description
     item.PTORepresentationSequence = DicomSequence([rep])
     a = Dataset()
-    a.ThreatCategory = p.category or "OTHER"
+    a.ThreatCategory = category_to_wire(p.category or "OTHER")
     if p.category_description:
         a.ThreatCategoryDescription = p.category_description
     a.ATDAbilityAssessment = p.ability or "NO_INTERFERENCE"
@@ -214,6 +215,23 @@ def _pto_item(p: Pto) -> Dataset:
     if p.processing_ms is not None:
         item.add_new(PTO_TOTAL_PROCESSING_TIME, "FL", float(p.processing_ms))
     return item
+
+
+def _reference_scan_series(ds: Dataset, scan: ScanRef) -> None:
+    """ReferencedSeriesSequence: the scan's series and every instance of it."""
+    if not scan.series_uid:
+        return
+    series = Dataset()
+    series.SeriesInstanceUID = UID(scan.series_uid)
+    refs = []
+    for uid in scan.instance_uids:
+        d = Dataset()
+        d.ReferencedSOPClassUID = UID(scan.sop_class_uid)
+        d.ReferencedSOPInstanceUID = UID(uid)
+        refs.append(d)
+    if refs:
+        series.ReferencedInstanceSequence = DicomSequence(refs)
+    ds.ReferencedSeriesSequence = DicomSequence([series])
 
 
 def _person_identification(operator: str, site: Site) -> Dataset:
@@ -300,18 +318,7 @@ def write_machine_tdr(
     ds.SeriesDescription = f"Machine TDR ({algorithm})"[:64]
     ds.SeriesDate = now.strftime("%Y%m%d")
     ds.SeriesTime = now.strftime("%H%M%S")
-    if scan.series_uid:
-        series = Dataset()
-        series.SeriesInstanceUID = UID(scan.series_uid)
-        refs = []
-        for uid in scan.instance_uids:
-            d = Dataset()
-            d.ReferencedSOPClassUID = UID(scan.sop_class_uid)
-            d.ReferencedSOPInstanceUID = UID(uid)
-            refs.append(d)
-        if refs:
-            series.ReferencedInstanceSequence = DicomSequence(refs)
-        ds.ReferencedSeriesSequence = DicomSequence([series])
+    _reference_scan_series(ds, scan)
     _set_tdr_module(ds, tdr_type="MACHINE", alarm=alarm, decided_at=decided_at,
                     abort_reason=abort_reason, algorithm=algorithm, ptos=resolved,
                     processing_ms=processing_ms)
@@ -324,7 +331,7 @@ def write_machine_tdr(
 
 
 def write_operator_tdr(
-    machine_tdr: Tdr | str | os.PathLike[str],
+    machine_tdr: Tdr | str | os.PathLike[str] | None,
     decision: str,
     operator: str,
     out: str | os.PathLike[str],
@@ -335,8 +342,16 @@ def write_operator_tdr(
     decided_at: datetime | None = None,
     sop_instance_uid: str | None = None,
     site: Site | None = None,
+    drawn: Sequence[Pto] = (),
+    scan: ScanRef | None = None,
 ) -> Tdr:
     """Write the OPERATOR TDR recording an analyst's ``decision`` on ``machine_tdr``.
+
+    ``drawn``: boxes the analyst marked (a threat the machine missed), written as PTOs of
+    the operator's own after the machine's (IDs continue; flag THREAT unless given;
+    without ReferencedPTOSequence). ``machine_tdr`` may be None for a scan that had no
+    machine TDR: then ``scan`` names the scan (OOI, study, series, instances) and the TDR
+    references no machine TDR. CLEAR with a drawn box is a ValueError.
 
     ``decision``: CLEAR (AlarmDecision CLEAR), SUSPECT or THREAT (both ALARM).
     ``pto_marks`` maps machine PTO IDs to the operator's flag (HIGH_THREAT, THREAT,
@@ -357,12 +372,21 @@ def write_operator_tdr(
     operator = operator.strip()
     if not operator:
         raise ValueError("an operator ID is required")
-    machine = machine_tdr if isinstance(machine_tdr, Tdr) else read_tdr(machine_tdr)
+    if machine_tdr is None:
+        if scan is None:
+            raise ValueError("an operator TDR without a machine TDR needs the scan it is about")
+        machine = None
+    else:
+        machine = machine_tdr if isinstance(machine_tdr, Tdr) else read_tdr(machine_tdr)
+    machine_ptos = machine.ptos if machine is not None else []
+    if drawn and decision == "CLEAR":
+        raise ValueError("decision CLEAR contradicts a box the analyst marked as a threat")
     marks = {int(k): str(v).upper() for k, v in (pto_marks or {}).items()}
-    known = {p.id for p in machine.ptos}
+    known = {p.id for p in machine_ptos}
     unknown = sorted(set(marks) - known)
     if unknown:
-        raise ValueError(f"no PTO with ID {unknown} in machine TDR {machine.sop_instance_uid}")
+        where = f"machine TDR {machine.sop_instance_uid}" if machine else "the scan (no machine TDR)"
+        raise ValueError(f"no PTO with ID {unknown} in {where}")
     for pid, flag in marks.items():
         if flag not in ASSESSMENT_FLAGS:
             raise ValueError(f"PTO {pid}: mark {flag!r} is not one of {ASSESSMENT_FLAGS}")
@@ -375,7 +399,7 @@ def write_operator_tdr(
     now = datetime.now().astimezone()
     decided_at = decided_at or now
     ptos: list[Pto] = []
-    for p in machine.ptos:
+    for p in machine_ptos:
         if p.id in marks:
             flag = marks[p.id]
         elif decision == "CLEAR":
@@ -385,12 +409,21 @@ def write_operator_tdr(
         else:
             flag = p.flag if p.flag in ("HIGH_THREAT", "THREAT") else "THREAT"
         ptos.append(replace(p, flag=flag, probability=None, referenced_pto_id=p.id))
+    next_id = max((p.id for p in machine_ptos), default=0) + 1
+    for i, p in enumerate(drawn):
+        flag = p.flag if p.flag in ("HIGH_THREAT", "THREAT") else "THREAT"
+        refs = p.referenced_instances
+        if not refs and scan is not None and scan.slice_uids:
+            z0 = int(math.floor(p.base[2]))
+            refs = scan.instances_for_z(z0, int(math.ceil(p.base[2] + p.extent[2])) - 1)
+        ptos.append(replace(p, id=next_id + i, flag=flag, probability=None, referenced_pto_id=None,
+                            referenced_instances=refs))
     if decision == "THREAT" and ptos and not any(p.flag in ("HIGH_THREAT", "THREAT") for p in ptos):
         raise ValueError("decision THREAT needs at least one PTO marked THREAT or HIGH_THREAT")
     alarm = "CLEAR" if decision == "CLEAR" else "ALARM"
     if review_ms is None:
         review_ms = 0.0
-        if machine.alarm_decision_time is not None:
+        if machine is not None and machine.alarm_decision_time is not None:
             try:
                 review_ms = max(0.0, (decided_at - machine.alarm_decision_time).total_seconds() * 1000)
             except TypeError:  # naive vs aware timestamps from a vendor file
@@ -398,13 +431,21 @@ def write_operator_tdr(
 
     sop_uid = sop_instance_uid or generate_uid()
     ds = _new_dataset(sop_uid, now)
-    study = machine.scan_study_uid or machine.study_uid
-    if not study:
-        raise ValueError(f"machine TDR {machine.sop_instance_uid} names no study to reference")
-    _set_ooi_and_scan(ds, patient_id=machine.ooi_id, patient_name="", ooi_id_type=machine.ooi_id_type,
-                      ooi_type=machine.ooi_type, study_uid=study, study_date="", study_time="",
-                      frame_uid=machine.frame_of_reference_uid, now=now,
-                      issuer=machine.ooi_id_issuer, scan_id=machine.scan_id)
+    if machine is not None:
+        study = machine.scan_study_uid or machine.study_uid
+        if not study:
+            raise ValueError(f"machine TDR {machine.sop_instance_uid} names no study to reference")
+        _set_ooi_and_scan(ds, patient_id=machine.ooi_id, patient_name="", ooi_id_type=machine.ooi_id_type,
+                          ooi_type=machine.ooi_type, study_uid=study, study_date="", study_time="",
+                          frame_uid=machine.frame_of_reference_uid, now=now,
+                          issuer=machine.ooi_id_issuer, scan_id=machine.scan_id)
+    else:
+        assert scan is not None
+        _set_ooi_and_scan(ds, patient_id=scan.patient_id, patient_name=scan.patient_name,
+                          ooi_id_type=scan.ooi_id_type, ooi_type=scan.ooi_type, study_uid=scan.study_uid,
+                          study_date=scan.study_date, study_time=scan.study_time,
+                          frame_uid=scan.frame_of_reference_uid, now=now, issuer=scan.ooi_id_issuer,
+                          scan_id=scan.scan_id)
     ds.SeriesInstanceUID = generate_uid()
     ds.SeriesNumber = 901
     ds.SeriesDescription = f"Operator TDR ({decision})"
@@ -414,10 +455,13 @@ def write_operator_tdr(
     ds.OperatorsName = operator
     ds.OperatorIdentificationSequence = DicomSequence([_person_identification(operator, site)])
     ref_tdr = Dataset()
-    ref_tdr.ReferencedSOPClassUID = UID(machine.sop_class_uid or DICOS_TDR)
-    ref_tdr.ReferencedSOPInstanceUID = UID(machine.sop_instance_uid)
-    ds.ReferencedTDRInstanceSequence = DicomSequence([ref_tdr])
-    if machine.referenced_series:
+    if machine is not None:
+        ref_tdr.ReferencedSOPClassUID = UID(machine.sop_class_uid or DICOS_TDR)
+        ref_tdr.ReferencedSOPInstanceUID = UID(machine.sop_instance_uid)
+        ds.ReferencedTDRInstanceSequence = DicomSequence([ref_tdr])
+    if machine is None:
+        _reference_scan_series(ds, scan)
+    elif machine.referenced_series:
         series_items = []
         classes = {r.sop_instance_uid: r.sop_class_uid for r in machine.referenced_instances}
         for series_uid, uids in machine.referenced_series.items():
@@ -443,6 +487,8 @@ def write_operator_tdr(
     set_dicos_common(ds, site, now, software_versions=[STATION_ALGORITHM.vendor,
                                                        STATION_ALGORITHM.version])
     for item, p in zip(ds.ThreatSequence, ptos):
+        if p.referenced_pto_id is None or machine is None:
+            continue  # the analyst's own box
         ref = Dataset()
         ref.PotentialThreatObjectID = int(p.id)
         ref.TDRType = machine.tdr_type or "MACHINE"
@@ -459,8 +505,9 @@ def write_operator_tdr(
             block.add_new(_PRIVATE_NOTE, "LT", note)
     out = Path(out)
     _save(ds, out)
-    LOGGER.info("operator TDR %s by %s: %s on machine TDR %s -> %s", sop_uid, operator, decision,
-                machine.sop_instance_uid, out)
+    LOGGER.info("operator TDR %s by %s: %s on %s (%d drawn) -> %s", sop_uid, operator, decision,
+                f"machine TDR {machine.sop_instance_uid}" if machine else f"scan {scan.study_uid}",
+                len(drawn), out)
     return tdr_from_dataset(ds, out)
 
 

@@ -17,12 +17,20 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from station.core.dicos.site import Site
-from station.core.dicos import DicosError, Tdr, read_tdr, write_operator_tdr
 from station.core.dicom.sopclasses import DICOS_TDR
+from station.core.dicos import (
+    DicosError,
+    Pto,
+    ScanRef,
+    Tdr,
+    read_tdr,
+    write_operator_tdr,
+)
+from station.core.dicos.site import Site
 from station.core.store.store import Store
 
 LOGGER = logging.getLogger(__name__)
@@ -235,27 +243,41 @@ class AlertBook:
     # -- deciding -------------------------------------------------------------------------------
 
     def record_decision(self, series_uid: str, decision: str, operator: str, *,
-                        pto_marks: dict[int, str] | None = None, note: str = "") -> list[str]:
+                        pto_marks: dict[int, str] | None = None, note: str = "",
+                        drawn: Sequence[Pto] = (), scan: ScanRef | None = None) -> list[str]:
         """Write an operator TDR for every unresolved machine TDR of the scan; store them.
 
-        Returns the stored operator TDRs' SOP instance UIDs. Raises ValueError for a bad
-        decision or operator, StoreError if the store refuses.
+        ``drawn``: boxes the analyst marked (threats the machine missed); they go into the
+        first operator TDR, or, when the scan has no machine TDR, into an operator TDR of
+        their own about ``scan`` (required then). Returns the stored operator TDRs' SOP
+        instance UIDs. Raises ValueError for a bad decision or operator, StoreError if the
+        store refuses.
         """
         with self._lock:
             targets = sorted({a.tdr_uid for a in self._alerts.values()
                               if a.series_uid == series_uid and a.tdr_uid not in self._resolved})
+        if drawn and not targets:
+            if scan is None:
+                raise ValueError("a marked box on a scan without machine TDR needs the scan")
+            return [self._write_operator(None, decision, operator, pto_marks, note, drawn, scan)]
         written: list[str] = []
-        for tdr_uid in targets:
+        for n, tdr_uid in enumerate(targets):
             machine = self._machine[tdr_uid]
-            with tempfile.TemporaryDirectory(prefix="station-decision-") as tmp:
-                out = Path(tmp) / "operator_tdr.dcm"
-                tdr = write_operator_tdr(machine, decision, operator, out, pto_marks=pto_marks,
-                                         note=note, site=self.site)
-                self.store.ingest([out.read_bytes()], source=f"operator {operator}")
+            written.append(self._write_operator(machine, decision, operator, pto_marks, note,
+                                                drawn if n == 0 else (), scan))
             with self._lock:
                 self._resolved[tdr_uid] = decision.upper()
-            written.append(tdr.sop_instance_uid)
         return written
+
+    def _write_operator(self, machine: Tdr | None, decision: str, operator: str,
+                        pto_marks: dict[int, str] | None, note: str, drawn: Sequence[Pto],
+                        scan: ScanRef | None) -> str:
+        with tempfile.TemporaryDirectory(prefix="station-decision-") as tmp:
+            out = Path(tmp) / "operator_tdr.dcm"
+            tdr = write_operator_tdr(machine, decision, operator, out, pto_marks=pto_marks,
+                                     note=note, site=self.site, drawn=drawn, scan=scan)
+            self.store.ingest([out.read_bytes()], source=f"operator {operator}")
+        return tdr.sop_instance_uid
 
 
 def _replace_series(alert: Alert, series_uid: str) -> Alert:
