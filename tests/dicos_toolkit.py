@@ -25,7 +25,7 @@ def toolkit_ct(path: Path, voxels: np.ndarray, *, spacing=(1.0, 1.0, 2.0),
     section.SetPlaneOrientation(Vector3Dfloat(1, 0, 0), Vector3Dfloat(0, 1, 0))
     section.SetPositionInMM(*position)
     section.SetSpacingInMM(spacing[0], spacing[1], spacing[2])
-    section.SetSliceThickness(spacing[2])
+    section.SetSliceThickness(abs(spacing[2]))
     nz, ny, nx = voxels.shape
     volume = section.GetPixelData()
     volume.Allocate(Volume.IMAGE_DATA_TYPE.enumUnsigned16Bit, nx, ny, nz)

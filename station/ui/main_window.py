@@ -35,6 +35,7 @@ from station.core.events import (
     ReceiverState,
 )
 from station.core.triage.alerts import Alert, AlertBook
+from station.core.dicos.zmap import box_to_volume, scan_z
 from station.core.imaging.mpr import ThreatBox
 from station.core.imaging.volume import FrameVolume
 from station.net.remote.series import PullProgress
@@ -534,14 +535,22 @@ class MainWindow(QMainWindow):
             return
         boxes = []
         for alert in self.alert_book.for_series(uid):
-            if alert.base is None or alert.extent is None:
+            box = self._volume_box(alert)
+            if box is None:
                 continue
             prob = f" {alert.probability:.0%}" if alert.probability is not None else ""
             resolved = self.alert_book.is_resolved(alert)
-            boxes.append(ThreatBox(base=alert.base, extent=alert.extent,
+            boxes.append(ThreatBox(base=box[0], extent=box[1],
                                    label=f"{alert.category.replace('_', ' ').title()}{prob}",
                                    source="operator" if resolved else "machine", flag=alert.severity))
         self.viewer.set_threats(boxes)
+
+    def _volume_box(self, alert: Alert):
+        """The alert's box (TDR voxel space) in the open volume's geometric z, or None."""
+        if alert.base is None or alert.extent is None:
+            return None
+        volume = self.viewer.volume
+        return box_to_volume(alert.base, alert.extent, scan_z(volume.slices) if volume else ())
 
     def _on_alert_activated(self, alert: Alert) -> None:
         """Open the alert's scan and centre the views on its object."""
@@ -557,11 +566,14 @@ class MainWindow(QMainWindow):
 
     def _focus_pending_alert(self) -> None:
         alert = self._focus_alert
-        if alert is None or self.viewer.series_uid != alert.series_uid or alert.center is None:
+        if alert is None or self.viewer.series_uid != alert.series_uid:
             return
-        if self.viewer.current_index < 0 or self.viewer.slice_count <= int(alert.center[2]):
+        box = self._volume_box(alert)
+        if box is None:
+            return
+        x, y, z = (b + e / 2.0 for b, e in zip(*box))
+        if self.viewer.current_index < 0 or self.viewer.slice_count <= int(z):
             return  # wait until the slice holding the object is on screen (volumeGrew retries)
-        x, y, z = alert.center
         self.viewer.set_crosshair(int(x), int(y), int(z))
         self._focus_alert = None
 

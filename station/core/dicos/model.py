@@ -360,7 +360,9 @@ class ScanRef:
     """The scan a machine TDR reports on: what its references and OOI attributes copy.
 
     ``slice_uids`` holds the SOP Instance UID of every z index of the volume (a multi-frame
-    DICOS CT repeats its single UID), so a PTO can reference the instances its box spans.
+    DICOS CT repeats its single UID), so a PTO can reference the instances its box spans;
+    ``slice_z`` the TDR z of every z index (``zmap.scan_z``: frame numbers of a multi-frame
+    scan), so a box found in the volume is written where other readers look for it.
     Build it with ``scan_ref_from_volume``.
     """
 
@@ -368,6 +370,7 @@ class ScanRef:
     series_uid: str = ""
     sop_class_uid: str = ""
     slice_uids: tuple[str, ...] = ()
+    slice_z: tuple[int, ...] = ()
     patient_id: str = ""
     patient_name: str = ""
     ooi_id_type: str = ""

@@ -42,6 +42,7 @@ from station.core.dicos.model import (
     _STUDY_REFERENCE_CLASS,
     category_to_wire,
 )
+from station.core.dicos import zmap
 from station.core.dicos.reader import _Reader, read_tdr, tdr_from_dataset
 
 # Local coding scheme of the station's operator IDs (DICOM "99" private schemes).
@@ -72,6 +73,7 @@ def scan_ref_from_volume(volume: Any) -> ScanRef:
         series_uid=r.text(ds, "SeriesInstanceUID") or (volume.series_uid or ""),
         sop_class_uid=r.text(ds, "SOPClassUID") or volume.sop_class_uid,
         slice_uids=tuple(s.sop_instance_uid for s in slices),
+        slice_z=zmap.scan_z(slices),
         patient_id=r.text(ds, "PatientID"),
         patient_name=r.text(ds, "PatientName"),
         ooi_id_type=r.text(ds, "TypeOfPatientID"),
@@ -166,6 +168,17 @@ def _set_tdr_module(ds: Dataset, *, tdr_type: str, alarm: str, decided_at: datet
     ds.add_new(IMAGE_SCALE_REPRESENTATION, "FD", 1.0)
     ds.AdditionalScreeningPerformed = "NO"
     ds.ThreatSequence = DicomSequence([_pto_item(p) for p in ptos])
+
+
+def _placed(pto: Pto, scan: ScanRef) -> Pto:
+    """A PTO whose box is in the volume's geometric z, as written for ``scan``: referencing
+    the instances its box spans (unless it names its own) and with its box in the scan's
+    TDR z (frame numbers of a multi-frame scan, see ``zmap``)."""
+    if not pto.referenced_instances and scan.slice_uids:
+        z, ez = pto.base[2], pto.extent[2]
+        pto = replace(pto, referenced_instances=scan.instances_for_z(
+            int(math.floor(z)), int(math.ceil(z + ez)) - 1))
+    return zmap.to_scan(pto, scan.slice_z) if scan.slice_z else pto
 
 
 def _pto_item(p: Pto) -> Dataset:
@@ -291,13 +304,7 @@ def write_machine_tdr(
     decided_at = decided_at or now
     resolved: list[Pto] = []
     for i, p in enumerate(ptos, 1):
-        pto = p if isinstance(p, Pto) else p.to_pto(i)
-        if not pto.referenced_instances and scan.slice_uids:
-            (_, _, z), (_, _, ez) = pto.base, pto.extent
-            z0 = int(math.floor(z))
-            pto = replace(pto, referenced_instances=scan.instances_for_z(
-                z0, int(math.ceil(z + ez)) - 1))
-        resolved.append(pto)
+        resolved.append(_placed(p if isinstance(p, Pto) else p.to_pto(i), scan))
     ids = [p.id for p in resolved]
     if len(set(ids)) != len(ids):
         raise ValueError(f"duplicate PTO IDs: {ids}")
@@ -412,12 +419,9 @@ def write_operator_tdr(
     next_id = max((p.id for p in machine_ptos), default=0) + 1
     for i, p in enumerate(drawn):
         flag = p.flag if p.flag in ("HIGH_THREAT", "THREAT") else "THREAT"
-        refs = p.referenced_instances
-        if not refs and scan is not None and scan.slice_uids:
-            z0 = int(math.floor(p.base[2]))
-            refs = scan.instances_for_z(z0, int(math.ceil(p.base[2] + p.extent[2])) - 1)
-        ptos.append(replace(p, id=next_id + i, flag=flag, probability=None, referenced_pto_id=None,
-                            referenced_instances=refs))
+        placed = _placed(p, scan) if scan is not None else p
+        ptos.append(replace(placed, id=next_id + i, flag=flag, probability=None,
+                            referenced_pto_id=None))
     if decision == "THREAT" and ptos and not any(p.flag in ("HIGH_THREAT", "THREAT") for p in ptos):
         raise ValueError("decision THREAT needs at least one PTO marked THREAT or HIGH_THREAT")
     alarm = "CLEAR" if decision == "CLEAR" else "ALARM"
