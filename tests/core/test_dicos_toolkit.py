@@ -5,6 +5,7 @@ right by the station. Objects are made by the station's real code paths (synth w
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from pyDICOS import ALARM_DECISION, ASSESSMENT_FLAG, TDR_TYPE, THREAT_CATEGORY
 
 from station.core.detection.detectors import detect_main
@@ -262,3 +264,41 @@ def test_an_analyst_marks_a_threat_the_machine_missed(dicos_ct, bag, store, tmp_
     assert [p.referenced_pto_id for p in ours.ptos[:-1]] == [p.id for p in machine.ptos]
     with pytest.raises(ValueError, match="CLEAR contradicts a box"):
         book.record_decision(scan_row.series_uid, "CLEAR", "analyst-2", drawn=[box], scan=scan)
+
+
+def test_a_pto_seen_in_a_ct_and_a_dx_raises_an_alert_on_each(store, tmp_path):
+    """Every representation of a PTO reaches an alert: a toolkit TDR whose PTO also has a
+    DX view (a second PTORepresentationSequence item referencing the DX) shows its box on
+    both scans; the analyst's operator TDR keeps both views, and the toolkit reads it."""
+    ct = toolkit_ct(tmp_path / "ct.dcs", np.full((8, 32, 32), 1000, np.uint16))
+    dx = toolkit_dx(tmp_path / "dx.dcs", np.full((40, 50), 1000, np.uint16))
+    tdr_path = toolkit_tdr(tmp_path / "tdr.dcs", ct, [((4, 5, 2), (6, 7, 3))])
+    ds, dx_ds = pydicom.dcmread(tdr_path), pydicom.dcmread(dx)
+    view = copy.deepcopy(ds.ThreatSequence[0].PTORepresentationSequence[0])
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = dx_ds.SOPClassUID, dx_ds.SOPInstanceUID
+    view.ReferencedInstanceSequence = [ref]
+    roi = view.ThreatROIVoxelSequence[0]
+    roi.ThreatROIBase, roi.ThreatROIExtents = [20.0, 10.0, 0.0], [9.0, 8.0, 1.0]
+    roi.ThreatROIBitmap = np.packbits(np.ones(9 * 8, np.uint8), bitorder="little").tobytes()
+    ds.ThreatSequence[0].PTORepresentationSequence.append(view)
+    ds.save_as(tdr_path)
+    toolkit_read("tdr", tdr_path)  # still a TDR the toolkit accepts
+    for path in (ct, dx, tdr_path):
+        store.import_file(path)
+    book = AlertBook(store)
+    book.load()
+    (on_ct,) = book.for_series(pydicom.dcmread(ct).SeriesInstanceUID)
+    (on_dx,) = book.for_series(dx_ds.SeriesInstanceUID)
+    assert (on_ct.base, on_ct.extent) == ((4.0, 5.0, 2.0), (6.0, 7.0, 3.0))
+    assert (on_dx.base, on_dx.extent) == ((20.0, 10.0, 0.0), (9.0, 8.0, 1.0))
+    assert on_ct.pto_id == on_dx.pto_id == 1 and on_ct.key != on_dx.key
+
+    (uid,) = book.record_decision(on_ct.series_uid, "THREAT", "analyst-1")
+    assert book.is_resolved(on_dx)  # one decision on the PTO, whichever view it was taken on
+    (row,) = [r for r in store.instances_of_class(DICOS_TDR) if r.sop_instance_uid == uid]
+    (pto,) = read_tdr(Path(row.path)).ptos
+    assert [(v.base, v.extent) for v in pto.representations] == [
+        (on_ct.base, on_ct.extent), (on_dx.base, on_dx.extent)]
+    assert pto.representations[1].referenced_instance.sop_instance_uid == dx_ds.SOPInstanceUID
+    toolkit_read("tdr", Path(row.path))

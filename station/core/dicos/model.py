@@ -4,7 +4,7 @@ package docstring for the conventions)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -146,6 +146,8 @@ class Pto:
     ATDAssessmentFlag (HIGH_THREAT, THREAT, NO_THREAT, UNKNOWN), ``category`` the
     ThreatCategory (EXPLOSIVE, ..., ANOMALY). ``polygon`` is a flat x, y, z list.
     ``referenced_pto_id`` is set in operator TDRs: the machine PTO this one reviews.
+    The fields above are the first PTORepresentationSequence item; ``more_representations``
+    holds the others (see ``representations``).
     """
 
     id: int
@@ -169,6 +171,14 @@ class Pto:
     processing_end: datetime | None = None
     processing_ms: float | None = None
     referenced_pto_id: int | None = None
+    more_representations: tuple[Pto, ...] = ()
+
+    @property
+    def representations(self) -> tuple[Pto, ...]:
+        """Every PTORepresentationSequence item, this one's own first: the same object as
+        seen in each scan it marks (its geometry, bitmap, physics and references; the
+        assessment is the PTO's)."""
+        return (replace(self, more_representations=()), *self.more_representations)
 
     @property
     def referenced_instance(self) -> ReferencedInstance | None:

@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -400,42 +401,8 @@ def _parse_ptos(ds: Dataset, r: _Reader) -> list[Pto]:
         reps = r.seq(item, "PTORepresentationSequence", where)
         if not reps:
             raise r.fail(f"PTO {pid} has no PTORepresentationSequence")
-        if len(reps) > 1:
-            LOGGER.info("%s: PTO %d has %d representations; using the first", r.name, pid, len(reps))
-        rep = reps[0]
-        polygon = r.floats(rep, "BoundingPolygon", where, minimum=6)
-        if polygon is not None and len(polygon) % 3:
-            raise r.fail(f"PTO {pid}: BoundingPolygon has {len(polygon)} values, not x,y,z triples")
-        voxels = r.seq(rep, "ThreatROIVoxelSequence", where)
-        bitmap: bytes | None = None
-        if voxels:
-            roi = voxels[0]
-            base = r.floats(roi, "ThreatROIBase", where, n=3)
-            if base is None:
-                raise r.fail(f"PTO {pid} has no ThreatROIBase")
-            extent = r.floats(roi, "ThreatROIExtents", where, n=3)
-            if extent is None:
-                raise r.fail(f"PTO {pid} has no ThreatROIExtents")
-            raw_bitmap = r.raw(roi, "ThreatROIBitmap", where)
-            if raw_bitmap is not None:
-                if not isinstance(raw_bitmap, (bytes, bytearray)):
-                    raise r.fail(f"PTO {pid}: ThreatROIBitmap is not binary data")
-                bitmap = bytes(raw_bitmap)
-                # OB values are padded to an even length: drop the pad byte when the
-                # box says the bitmap is one byte shorter.
-                needed = (math.prod(max(0, int(round(e))) for e in extent) + 7) // 8
-                if len(bitmap) == needed + 1 and bitmap[-1] == 0:
-                    bitmap = bitmap[:-1]
-        elif polygon is not None:
-            # A 2-D (DX) PTO may carry only a polygon: its bounding box stands in.
-            pts = np.asarray(polygon).reshape(-1, 3)
-            lo, hi = pts.min(axis=0), pts.max(axis=0)
-            base = tuple(float(v) for v in lo)
-            extent = tuple(float(v) for v in (hi - lo + 1))
-        else:
-            raise r.fail(f"PTO {pid} has no ThreatROIBase")
-        if any(e < 0 for e in extent):
-            raise r.fail(f"PTO {pid}: negative ThreatROIExtents {list(extent)}")
+        views = [_parse_representation(rep, r, pid, where if n == 1 else f"PTO {pid} representation {n}: ")
+                 for n, rep in enumerate(reps, 1)]
 
         assessments = r.seq(item, "ATDAssessmentSequence", where)
         a = assessments[0] if assessments else Dataset()
@@ -448,30 +415,70 @@ def _parse_ptos(ds: Dataset, r: _Reader) -> list[Pto]:
         ref_ptos = r.seq(item, "ReferencedPTOSequence", where)
         ref_pto_id = r.integer(ref_ptos[0], "PotentialThreatObjectID", where) if ref_ptos else None
 
-        ptos.append(Pto(
+        pto = Pto(
             id=pid,
-            base=base,  # type: ignore[arg-type]
-            extent=extent,  # type: ignore[arg-type]
             flag=flag,
             category=category_from_wire(r.text(a, "ThreatCategory", where)),
             category_description=r.text(a, "ThreatCategoryDescription", where),
             ability=r.text(a, "ATDAbilityAssessment", where).upper(),
             probability=probability,
-            bitmap=bitmap,
-            polygon=polygon,
-            referenced_instances=r.referenced(r.seq(rep, "ReferencedInstanceSequence", where), where),
-            center=r.floats(rep, "CenterOfPTO", where, n=3),  # type: ignore[arg-type]
-            mass_g=r.number(rep, "Mass", where),
-            density_g_cm3=r.number(rep, "Density", where),
-            zeff=r.number(rep, "ZEffective", where),
-            volume_ml=r.number(rep, "VolumeOfPTO", where),
-            location_description=r.text(rep, "PTOLocationDescription", where),
+            **views[0],
             processing_start=r.datetime(item, PTO_PROCESSING_START_TIME, where),
             processing_end=r.datetime(item, PTO_PROCESSING_END_TIME, where),
             processing_ms=r.number(item, PTO_TOTAL_PROCESSING_TIME, where),
             referenced_pto_id=ref_pto_id,
-        ))
+        )
+        ptos.append(replace(pto, more_representations=tuple(replace(pto, **v) for v in views[1:])))
     return ptos
+
+
+def _parse_representation(rep: Dataset, r: _Reader, pid: int, where: str) -> dict[str, Any]:
+    """The geometry and physics of one item of a PTO's PTORepresentationSequence, as Pto
+    fields (a PTO may show the same object in several scans: a CT and a DX view)."""
+    polygon = r.floats(rep, "BoundingPolygon", where, minimum=6)
+    if polygon is not None and len(polygon) % 3:
+        raise r.fail(f"PTO {pid}: BoundingPolygon has {len(polygon)} values, not x,y,z triples")
+    voxels = r.seq(rep, "ThreatROIVoxelSequence", where)
+    bitmap: bytes | None = None
+    if voxels:
+        roi = voxels[0]
+        base = r.floats(roi, "ThreatROIBase", where, n=3)
+        if base is None:
+            raise r.fail(f"PTO {pid} has no ThreatROIBase")
+        extent = r.floats(roi, "ThreatROIExtents", where, n=3)
+        if extent is None:
+            raise r.fail(f"PTO {pid} has no ThreatROIExtents")
+        raw_bitmap = r.raw(roi, "ThreatROIBitmap", where)
+        if raw_bitmap is not None:
+            if not isinstance(raw_bitmap, (bytes, bytearray)):
+                raise r.fail(f"PTO {pid}: ThreatROIBitmap is not binary data")
+            bitmap = bytes(raw_bitmap)
+            # OB values are padded to an even length: drop the pad byte when the
+            # box says the bitmap is one byte shorter.
+            needed = (math.prod(max(0, int(round(e))) for e in extent) + 7) // 8
+            if len(bitmap) == needed + 1 and bitmap[-1] == 0:
+                bitmap = bitmap[:-1]
+    elif polygon is not None:
+        # A 2-D (DX) PTO may carry only a polygon: its bounding box stands in.
+        pts = np.asarray(polygon).reshape(-1, 3)
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        base = tuple(float(v) for v in lo)
+        extent = tuple(float(v) for v in (hi - lo + 1))
+    else:
+        raise r.fail(f"PTO {pid} has no ThreatROIBase")
+    if any(e < 0 for e in extent):
+        raise r.fail(f"PTO {pid}: negative ThreatROIExtents {list(extent)}")
+
+    return {
+        "base": base, "extent": extent, "bitmap": bitmap, "polygon": polygon,
+        "referenced_instances": r.referenced(r.seq(rep, "ReferencedInstanceSequence", where), where),
+        "center": r.floats(rep, "CenterOfPTO", where, n=3),
+        "mass_g": r.number(rep, "Mass", where),
+        "density_g_cm3": r.number(rep, "Density", where),
+        "zeff": r.number(rep, "ZEffective", where),
+        "volume_ml": r.number(rep, "VolumeOfPTO", where),
+        "location_description": r.text(rep, "PTOLocationDescription", where),
+    }
 
 
 # --------------------------------------------------------------------------- inspection

@@ -181,11 +181,9 @@ def _placed(pto: Pto, scan: ScanRef) -> Pto:
     return zmap.to_scan(pto, scan.slice_z) if scan.slice_z else pto
 
 
-def _pto_item(p: Pto) -> Dataset:
-    if p.flag not in ASSESSMENT_FLAGS:
-        raise ValueError(f"PTO {p.id}: flag {p.flag!r} is not one of {ASSESSMENT_FLAGS}")
-    item = Dataset()
-    item.PotentialThreatObjectID = int(p.id)
+def _representation_item(p: Pto) -> Dataset:
+    """One PTORepresentationSequence item: the box, bitmap, polygon, physics and
+    references of one representation of a PTO."""
     rep = Dataset()
     if p.referenced_instances:
         refs = []
@@ -211,7 +209,15 @@ def _pto_item(p: Pto) -> Dataset:
             setattr(rep, kw, float(value))
     if p.location_description:
         rep.PTOLocationDescription = p.location_description
-    item.PTORepresentationSequence = DicomSequence([rep])
+    return rep
+
+
+def _pto_item(p: Pto) -> Dataset:
+    if p.flag not in ASSESSMENT_FLAGS:
+        raise ValueError(f"PTO {p.id}: flag {p.flag!r} is not one of {ASSESSMENT_FLAGS}")
+    item = Dataset()
+    item.PotentialThreatObjectID = int(p.id)
+    item.PTORepresentationSequence = DicomSequence([_representation_item(v) for v in p.representations])
     a = Dataset()
     a.ThreatCategory = category_to_wire(p.category or "OTHER")
     if p.category_description:

@@ -17,7 +17,7 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,8 +79,12 @@ def _source(tdr: Tdr) -> tuple[str, bool]:
     return text, False
 
 
-def alerts_of(tdr: Tdr, series_uid: str | None, received_at: float) -> list[Alert]:
-    """The alerts one machine TDR raises (none for a CLEAR machine TDR or an operator TDR)."""
+def alerts_of(tdr: Tdr, series_uid: str | None, received_at: float,
+              view_series: Callable[[Pto], str | None] | None = None) -> list[Alert]:
+    """The alerts one machine TDR raises (none for a CLEAR machine TDR or an operator TDR):
+    one per representation of each alarm PTO (a PTO seen in a CT and in a DX view raises
+    one alert on each scan). ``view_series`` names the series a representation marks
+    (from its referenced instances); ``series_uid`` stands in when it cannot."""
     if tdr.tdr_type != "MACHINE" or not tdr.is_alarm:
         return []
     source, from_station = _source(tdr)
@@ -91,12 +95,16 @@ def alerts_of(tdr: Tdr, series_uid: str | None, received_at: float) -> list[Aler
     for pto in tdr.ptos:
         if pto.severity == "NO_THREAT":
             continue
-        alerts.append(Alert(
-            key=f"{tdr.sop_instance_uid}#{pto.id}", tdr_uid=tdr.sop_instance_uid, study_uid=tdr.scan_study_uid,
-            series_uid=series_uid, patient_id=tdr.ooi_id, pto_id=pto.id, severity=pto.severity,
-            category=pto.category, probability=pto.probability, source=source, from_station=from_station,
-            raised_at=raised, base=tuple(pto.base), extent=tuple(pto.extent),  # type: ignore[arg-type]
-        ))
+        for n, view in enumerate(pto.representations):
+            series = (view_series(view) if view_series is not None else None) or series_uid
+            alerts.append(Alert(
+                key=f"{tdr.sop_instance_uid}#{pto.id}" + (f".{n + 1}" if n else ""),
+                tdr_uid=tdr.sop_instance_uid, study_uid=tdr.scan_study_uid,
+                series_uid=series, patient_id=tdr.ooi_id, pto_id=pto.id, severity=pto.severity,
+                category=pto.category, probability=pto.probability, source=source,
+                from_station=from_station, raised_at=raised,
+                base=tuple(view.base), extent=tuple(view.extent),  # type: ignore[arg-type]
+            ))
     if not alerts:
         alerts.append(Alert(
             key=f"{tdr.sop_instance_uid}#scan", tdr_uid=tdr.sop_instance_uid, study_uid=tdr.scan_study_uid,
@@ -155,7 +163,7 @@ class AlertBook:
                 return []
             self._machine[tdr.sop_instance_uid] = tdr
         series = self._series_for(tdr)
-        new = alerts_of(tdr, series, received_at or time.time())
+        new = alerts_of(tdr, series, received_at or time.time(), self._view_series)
         scan = (series or tdr.scan_study_uid, str(tdr.algorithm or ""))
         with self._lock:
             replaced = self._provisional.pop(scan, None)
@@ -170,6 +178,14 @@ class AlertBook:
             for alert in new:
                 self._alerts[alert.key] = alert
         return fresh
+
+    def _view_series(self, view: Pto) -> str | None:
+        """The stored series holding the instances one PTO representation references."""
+        for ref in view.referenced_instances:
+            series = self.store.series_of_instance(ref.sop_instance_uid)
+            if series:
+                return series
+        return None
 
     def _series_for(self, tdr: Tdr) -> str | None:
         """The image series a TDR marks: from its PTOs' referenced instances, else its study."""
@@ -193,7 +209,11 @@ class AlertBook:
             unattached = [a for a in self._alerts.values() if a.series_uid is None]
         for alert in unattached:
             tdr = self._machine.get(alert.tdr_uid)
-            series = self._series_for(tdr) if tdr is not None else None
+            if tdr is None:
+                continue
+            now = {a.key: a.series_uid for a in alerts_of(tdr, self._series_for(tdr), alert.raised_at,
+                                                          self._view_series)}
+            series = now.get(alert.key)
             if series:
                 with self._lock:
                     self._alerts[alert.key] = _replace_series(alert, series)
