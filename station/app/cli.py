@@ -124,7 +124,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     from station.core.store.maintenance import StoreMaintenance
 
-    maintenance = StoreMaintenance(store, settings.store)
+    def store_warning(message: str) -> None:  # shown in the GUI's receiver errors too
+        bus.publish(ReceiverError(peer="store", calling_aet="-", message=message))
+
+    maintenance = StoreMaintenance(store, settings.store, on_warning=store_warning)
     maintenance.start()
     detection = None
     if settings.detect.enabled:

@@ -391,6 +391,10 @@ class MainWindow(QMainWindow):
                     f"{event.message}\nScanners get status 0xA700 (out of resources) and keep their scans;"
                     " free disk space or raise the quota, then ask them to resend.")
                 self.storage_warning.show()
+            elif event.peer == "store":  # the store's maintenance: protected scans exceed the quota
+                self.storage_warning.setText("STORE OVER QUOTA")
+                self.storage_warning.setToolTip(event.message)
+                self.storage_warning.show()
 
     # -- slots: user -----------------------------------------------------------------------------
 

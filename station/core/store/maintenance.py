@@ -6,13 +6,16 @@ not a GUI is open: scans with unresolved alarms (from the TDRs in the store, thr
 ``AlertBook``), pinned and pending scans (``Store.stored_scans``), scans still receiving,
 and scans opened in the last ``recently_opened_s`` (the GUI records every open with
 ``Store.touch``, so a scan on an analyst's screen is not deleted under them). Threat
-detection reports are never evicted on their own.
+detection reports go with their scan (``AlertBook.reports_by_scan``), never on their own;
+protected scans count against the quota, and when they alone exceed it the store says so
+loudly (``over_quota``) instead of silently growing.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from station.core.triage.alerts import AlertBook
 from station.core.config import StoreSettings
@@ -28,8 +31,10 @@ class StoreMaintenance:
     """Evicts on a timer (``start``/``stop`` from the owner's thread; ``run_once`` anywhere)."""
 
     def __init__(self, store: Store, settings: StoreSettings, *, recently_opened_s: float = RECENTLY_OPENED_S,
-                 clock=time.time) -> None:
+                 clock=time.time, on_warning: Callable[[str], None] | None = None) -> None:
         self.store = store
+        self.on_warning = on_warning  # told when protected scans alone exceed the quota
+        self.over_quota: str | None = None  # the last such warning, None while within quota
         self.settings = settings
         self.recently_opened_s = recently_opened_s
         self.clock = clock
@@ -45,19 +50,47 @@ class StoreMaintenance:
         now = self.clock()
         book = AlertBook(self.store)
         book.load()
-        alarmed = {a.series_uid for a in book.unresolved() if a.series_uid}
+        unresolved = book.unresolved()
+        alarmed = {a.series_uid for a in unresolved if a.series_uid}
+        # An alarm whose scan has not arrived keeps its own TDR's series.
+        alarmed |= {s for a in unresolved if not a.series_uid
+                    for s in [self.store.series_of_instance(a.tdr_uid)] if s}
         recent = {uid for uid, (_pinned, access, _decision) in self.store.scan_states().items()
                   if access is not None and now - access < self.recently_opened_s}
-        # Reports are kept: they are tiny, and evicting a machine TDR on its own would
-        # silently drop the alarm of the scan it belongs to.
-        reports = {r.series_uid for r in self.store.series_list() if r.modality.upper() == "TDR"}
         quota = int(self.settings.quota_gb * 1e9) if self.settings.quota_gb > 0 else None
         max_age = self.settings.max_age_days * 86400.0 if self.settings.max_age_days > 0 else None
-        deleted = self.store.evict(quota, max_age, now, protected=recent | reports, alarmed=alarmed)
+        # A scan and its TDRs are one unit: evicting a machine TDR on its own would drop the
+        # alarm of its scan, and keeping TDRs of evicted scans would grow the store forever.
+        deleted = self.store.evict(quota, max_age, now, protected=recent, alarmed=alarmed,
+                                   reports=book.reports_by_scan())
         self.evicted_total += len(deleted)
         if deleted:
-            LOGGER.info("store maintenance: evicted %d scan(s)", len(deleted))
+            LOGGER.info("store maintenance: evicted %d series", len(deleted))
+        self._check_quota(quota, alarmed)
         return deleted
+
+    def _check_quota(self, quota: int | None, alarmed: set[str]) -> None:
+        """Say loudly (an ERROR in the log and ``on_warning``, once per change) when what may
+        not be evicted alone exceeds the quota: the store then grows past it."""
+        if quota is None:
+            self.over_quota = None
+            return
+        rows = self.store.series_list()
+        total = sum(r.bytes for r in rows)
+        if total <= quota:
+            self.over_quota = None
+            return
+        alarm_bytes = sum(r.bytes for r in rows if r.series_uid in alarmed)
+        message = (f"store over its quota: {total / 1e9:.2f} GB kept, quota {quota / 1e9:.2f} GB; "
+                   f"{len(alarmed)} scan(s) with unresolved alarms hold {alarm_bytes / 1e9:.2f} GB and "
+                   "cannot be evicted (nor pinned, pending or open scans): resolve the alarms, unpin "
+                   "scans or raise [store] quota_gb")
+        changed = self.over_quota is None or self.over_quota.split(";")[1:] != message.split(";")[1:]
+        self.over_quota = message
+        if changed:
+            LOGGER.error("%s", message)
+            if self.on_warning is not None:
+                self.on_warning(message)
 
     def start(self) -> None:
         if not self.enabled or self._scheduler is not None:

@@ -45,7 +45,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -1176,13 +1176,16 @@ class Store:
 
     def evict(self, quota_bytes: int | None, max_age_s: float | None, now: float | None = None,
               protected: Iterable[str] = (), *, alarmed: Iterable[str] = (),
+              reports: Mapping[str, Iterable[str]] | None = None,
               pending_window_s: float = PENDING_WINDOW_S) -> list[str]:
         """Apply ``cache.plan_eviction``: delete scans over the age limit, then least recently
         used ones until the store fits ``quota_bytes``. Return the deleted series UIDs.
 
         ``protected``: series in use (open in a viewer, being exported); ``alarmed``:
         series with unresolved alarms. Pinned and pending scans (see ``stored_scans``)
-        are never evicted. Each deletion re-checks "still receiving" inside its own
+        are never evicted. ``reports`` maps a scan to the series of its TDRs: they are
+        planned as one unit with it (their bytes count with the scan's, and they go when
+        it goes, after it), so no alarm outlives its scan and no scan loses its reports. Each deletion re-checks "still receiving" inside its own
         transaction, so a scan whose instances start arriving after planning survives.
         Called from a maintenance thread or the process that owns the store.
         """
@@ -1191,15 +1194,24 @@ class Store:
         now = time.time() if now is None else now
         protected = set(protected)
         scans = self.stored_scans(now, in_use=protected, alarmed=alarmed, pending_window_s=pending_window_s)
+        units, members = _eviction_units(scans, reports or {})
         deleted = []
-        for item in plan_eviction(scans, quota_bytes, max_age_s, now):
+        for item in plan_eviction(units, quota_bytes, max_age_s, now):
+            uid = item.scan.uid
             try:
-                self.delete_series(item.scan.uid, in_use=item.scan.uid in protected, now=now)
+                self.delete_series(uid, in_use=uid in protected, now=now)
             except StoreError as exc:
-                LOGGER.warning("evict: kept %s: %s", item.scan.uid, exc)
+                LOGGER.warning("evict: kept %s and its reports: %s", uid, exc)
                 continue
-            LOGGER.info("evicted series %s (%s, %d bytes)", item.scan.uid, item.reason.value, item.scan.nbytes)
-            deleted.append(item.scan.uid)
+            deleted.append(uid)
+            for report in members.get(uid, ()):
+                try:
+                    self.delete_series(report, in_use=report in protected, now=now)
+                    deleted.append(report)
+                except StoreError as exc:  # arrived just now: the next pass takes it
+                    LOGGER.warning("evict: kept report series %s of %s: %s", report, uid, exc)
+            LOGGER.info("evicted series %s with %d report series (%s, %d bytes)", uid,
+                        len(members.get(uid, ())), item.reason.value, item.scan.nbytes)
         return deleted
 
     def export_series(self, series_uid: str, dest: str | os.PathLike[str]) -> Path:
@@ -1291,3 +1303,27 @@ def _to_part10(raw: bytes, origin: Path) -> bytes:
         return out.getvalue()
     except Exception as exc:  # a dataset, but one pydicom cannot write back
         raise InvalidInstanceError(f"{origin}: a bare dataset that cannot be stored: {exc}") from exc
+
+
+def _eviction_units(scans: list[Any], reports: Mapping[str, Iterable[str]]) -> tuple[list[Any], dict[str, list[str]]]:
+    """Fold each scan's report series into one ``StoredScan`` unit (bytes summed, in use or
+    protected if any member is); reports whose scan is not stored stay units of their own.
+    Returns the units and, per scan, its report series."""
+    from dataclasses import replace
+
+    by_uid = {s.uid: s for s in scans}
+    members = {scan: sorted(r for r in reps if r in by_uid and r != scan)
+               for scan, reps in reports.items() if scan in by_uid}
+    owned = {r for reps in members.values() for r in reps}
+    units = []
+    for s in scans:
+        if s.uid in owned:
+            continue
+        parts = [by_uid[r] for r in members.get(s.uid, ())]
+        if parts:
+            s = replace(s, nbytes=s.nbytes + sum(p.nbytes for p in parts),
+                        in_use=s.in_use or any(p.in_use for p in parts),
+                        pinned=s.pinned or any(p.pinned for p in parts),
+                        unresolved_alarms=s.unresolved_alarms or any(p.unresolved_alarms for p in parts))
+        units.append(s)
+    return units, members

@@ -133,6 +133,7 @@ class AlertBook:
         self._lock = threading.Lock()
         self._alerts: dict[str, Alert] = {}
         self._machine: dict[str, Tdr] = {}  # machine TDR UID -> TDR
+        self._operator: dict[str, Tdr] = {}  # operator TDR UID -> TDR
         self._resolved: dict[str, str] = {}  # machine TDR UID -> operator decision
         self._provisional: dict[tuple[str, str], str] = {}  # (scan, algorithm) -> provisional TDR UID
         self.errors: list[str] = []
@@ -156,6 +157,7 @@ class AlertBook:
             return []
         with self._lock:
             if tdr.tdr_type == "OPERATOR":
+                self._operator[tdr.sop_instance_uid] = tdr
                 for ref in tdr.referenced_tdrs:
                     self._resolved[ref.sop_instance_uid] = tdr.operator_decision or "CLEAR"
                 return []
@@ -202,6 +204,29 @@ class AlertBook:
         images = [r for r in self.store.series_list()
                   if r.study_uid == tdr.scan_study_uid and r.modality not in ("TDR", "SR", "PR")]
         return images[0].series_uid if images else None
+
+    def reports_by_scan(self) -> dict[str, set[str]]:
+        """Image series UID -> the stored series of every TDR about it: its machine TDRs and
+        the operator TDRs on them (or on the scan itself). What eviction keeps or removes
+        together with the scan."""
+        with self._lock:
+            machines, operators = list(self._machine.values()), list(self._operator.values())
+        scan_of: dict[str, str] = {}  # TDR instance UID -> image series
+        for tdr in machines:
+            series = self._series_for(tdr)
+            if series:
+                scan_of[tdr.sop_instance_uid] = series
+        for tdr in operators:
+            series = next((scan_of[r.sop_instance_uid] for r in tdr.referenced_tdrs
+                           if r.sop_instance_uid in scan_of), None) or self._series_for(tdr)
+            if series:
+                scan_of[tdr.sop_instance_uid] = series
+        out: dict[str, set[str]] = {}
+        for tdr_uid, series in scan_of.items():
+            own = self.store.series_of_instance(tdr_uid)
+            if own and own != series:
+                out.setdefault(series, set()).add(own)
+        return out
 
     def refresh_series(self) -> None:
         """Attach alerts whose scan arrived after their TDR."""
