@@ -35,6 +35,7 @@ from station.core.events import (
     ReceiverState,
 )
 from station.core.triage.alerts import Alert, AlertBook
+from station.core.dicos import Pto, ScanRef, scan_ref_from_volume
 from station.core.dicos.zmap import box_to_volume, scan_z
 from station.core.imaging.mpr import ThreatBox
 from station.core.imaging.volume import FrameVolume
@@ -591,12 +592,28 @@ class MainWindow(QMainWindow):
         uid = self.viewer.series_uid
         if uid is None or self.remote_open is not None:
             return []
+        drawn, scan = self._drawn_pto(decision)
         written = self.alert_book.record_decision(uid, decision, operator or self._operator or "unknown",
-                                                  pto_marks=pto_marks, note=note)
+                                                  pto_marks=pto_marks, note=note, drawn=drawn, scan=scan)
+        if drawn:
+            self.viewer.clear_drawn_box()
         self.alert_panel.refresh()
         self._update_alarms()
         self._show_threats()
         return written
+
+    def _drawn_pto(self, decision: str) -> tuple[list[Pto], ScanRef | None]:
+        """The analyst's marked box as an operator PTO (THREAT, category OTHER) and the scan
+        it is on; nothing for CLEAR (the mark is dropped: the analyst decided otherwise)."""
+        box, volume = self.viewer.drawn_box, self.viewer.volume
+        if box is None or volume is None:
+            return [], None
+        if decision.upper() == "CLEAR":
+            self.viewer.clear_drawn_box()
+            return [], None
+        pto = Pto(id=0, base=box.base, extent=box.extent, flag="THREAT", category="OTHER",
+                  category_description="marked by the analyst")
+        return [pto], scan_ref_from_volume(volume)
 
     def _on_routing_counts(self, counts: dict) -> None:
         if not any(counts.values()):

@@ -378,6 +378,27 @@ def test_region_statistics_on_known_pixels(qtbot, viewer):
     assert viewer.measurement["max"] == 0
 
 
+def test_the_analyst_marks_a_threat_box_in_two_planes(qtbot, viewer):
+    """B: a drag in the axial plane sets the box's x and y on the slice on screen; a drag in
+    the coronal plane then sets its depth (and x again); Delete removes it."""
+    viewer.set_crosshair(5, 5, 4)
+    viewer.setFocus()
+    qtbot.keyClick(viewer, Qt.Key.Key_B)
+    assert viewer.tool == "mark"
+    drag(viewer.pane("axial"), (2.0, 1.1), (8.4, 4.2))  # columns 2-10, rows 2-8
+    box = viewer.drawn_box
+    assert (box.base, box.extent) == ((2.0, 2.0, 4.0), (9.0, 7.0, 1.0)) and box.source == "operator"
+    assert viewer.crosshair == (5, 5, 4)  # marking does not move the crosshair
+    assert [s.label for s in viewer.pane("axial").shapes] == ["OP Marked"]
+    drag(viewer.pane("coronal"), (2.5, 4.2), (6.0, 14.2))  # columns 3-7, slices 2-7
+    box = viewer.drawn_box
+    assert (box.base, box.extent) == ((3.0, 2.0, 2.0), (5.0, 7.0, 6.0))
+    viewer.set_index(9)  # past the box: not outlined on that slice
+    assert viewer.pane("axial").shapes == []
+    qtbot.keyClick(viewer, Qt.Key.Key_Delete)
+    assert viewer.drawn_box is None
+
+
 # -- layout and keys ---------------------------------------------------------------------------
 
 

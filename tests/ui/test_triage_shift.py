@@ -288,3 +288,38 @@ def test_sign_in_dialog_requires_an_id(qtbot):
 
     QTimer.singleShot(50, fill)
     assert ask_operator(None) == "OP-3"
+
+
+def test_a_threat_the_machine_missed_is_marked_and_decided_with_keys(qtbot, window, store, bus, tmp_path):
+    """A scan without machine TDR: B, a drag around the object, 3: an operator TDR with the
+    analyst's box as its own PTO, referencing the scan, which the toolkit reads."""
+    from tests.ui.test_mpr_viewer import drag
+    from tests.dicos_toolkit import toolkit_read
+
+    ((ct, none),) = _bags(tmp_path, 1)  # scan 0 has no TDR
+    assert none is None
+    window.set_operator("OP-9")
+    _arrive(store, bus, [ct])
+    qtbot.waitUntil(lambda: len(window.triage.queue.pending()) == 1, timeout=10000)
+    _key(qtbot, window, Qt.Key.Key_Space)
+    viewer = window.viewer
+    qtbot.waitUntil(lambda: viewer.volume is not None and viewer.slice_count == 8 and not viewer.is_busy(),
+                    timeout=10000)
+    viewer.set_crosshair(10, 10, 3)
+    viewer.setFocus()
+    qtbot.keyClick(viewer, Qt.Key.Key_B)
+    assert viewer.tool == "mark"
+    dz, dy, dx = viewer.volume.spacing_mm
+    drag(viewer.pane("axial"), (4.5 * dx, 6.5 * dy), (12.5 * dx, 9.5 * dy))  # columns 4-12, rows 6-9
+    assert (viewer.drawn_box.base, viewer.drawn_box.extent) == ((4.0, 6.0, 3.0), (9.0, 4.0, 1.0))
+
+    _key(qtbot, window, Qt.Key.Key_3)
+    (row,) = store.instances_of_class(DICOS_TDR)
+    tdr = read_tdr(row.path)
+    assert tdr.tdr_type == "OPERATOR" and tdr.operator_decision == "THREAT" and tdr.referenced_tdrs == ()
+    (pto,) = tdr.ptos
+    assert (pto.base, pto.extent, pto.flag) == ((4.0, 6.0, 3.0), (9.0, 4.0, 1.0), "THREAT")
+    assert pto.referenced_instance.sop_instance_uid == pydicom.dcmread(ct, stop_before_pixels=True).SOPInstanceUID
+    assert viewer.drawn_box is None  # the mark went into the TDR
+    data = toolkit_read("tdr", row.path).get_data()
+    assert (data["PTOs"][0]["Base"]["x"], data["PTOs"][0]["Extent"]["x"]) == (4.0, 9.0)

@@ -361,8 +361,8 @@ def write_operator_tdr(
     """Write the OPERATOR TDR recording an analyst's ``decision`` on ``machine_tdr``.
 
     ``drawn``: boxes the analyst marked (a threat the machine missed), written as PTOs of
-    the operator's own after the machine's (IDs continue; flag THREAT unless given;
-    without ReferencedPTOSequence). ``machine_tdr`` may be None for a scan that had no
+    the operator's own after the machine's (IDs continue; without ReferencedPTOSequence;
+    flag THREAT, or HIGH_THREAT if given, under THREAT; UNKNOWN under SUSPECT: search there). ``machine_tdr`` may be None for a scan that had no
     machine TDR: then ``scan`` names the scan (OOI, study, series, instances) and the TDR
     references no machine TDR. CLEAR with a drawn box is a ValueError.
 
@@ -424,7 +424,8 @@ def write_operator_tdr(
         ptos.append(replace(p, flag=flag, probability=None, referenced_pto_id=p.id))
     next_id = max((p.id for p in machine_ptos), default=0) + 1
     for i, p in enumerate(drawn):
-        flag = p.flag if p.flag in ("HIGH_THREAT", "THREAT") else "THREAT"
+        # SUSPECT: the box says where to search (UNKNOWN); THREAT: the threat itself.
+        flag = "UNKNOWN" if decision == "SUSPECT" else (p.flag if p.flag in ("HIGH_THREAT", "THREAT") else "THREAT")
         placed = _placed(p, scan) if scan is not None else p
         ptos.append(replace(placed, id=next_id + i, flag=flag, probability=None,
                             referenced_pto_id=None))

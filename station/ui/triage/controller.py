@@ -11,7 +11,8 @@ when the scan has unresolved machine TDRs; every decision is also kept in the st
 scan state (``Store.set_decision``) and in the append-only audit log
 (``station.core.triage.audit``). A CLEAR (or any decision) on a scan without a machine TDR gets
 no TDR: ``write_operator_tdr`` needs a machine TDR to review, so only the audit log and
-the scan state record it. GUI thread only.
+the scan state record it, unless the analyst marked a box (viewer key B): then SUSPECT
+or THREAT writes an operator TDR with that box as its own PTO. GUI thread only.
 """
 
 from __future__ import annotations
@@ -384,7 +385,9 @@ class TriageController(QObject):
                      if k in alerts and alerts[k].pto_id is not None} if len(tdr_uids) == 1 else None
         now = time.time()
         try:
-            written = window.record_decision(decision, pto_marks=pto_marks, note=self._note) if tdr_uids else []
+            marked = window.viewer.drawn_box is not None and decision != "CLEAR"
+            written = (window.record_decision(decision, pto_marks=pto_marks, note=self._note)
+                       if tdr_uids or marked else [])
             window.store.set_decision(uid, decision)
             if self.audit is not None:
                 row = window.store.series(uid)

@@ -130,7 +130,7 @@ def _tool(name: str) -> Handler:
 
 def _clear_measure(v: SliceViewer, pane: str) -> None:
     v._measure = None
-    v._refresh_annotations()
+    v.clear_drawn_box()
 
 
 def _crosshair(v: SliceViewer, pane: str) -> None:
@@ -183,7 +183,8 @@ ACTIONS: tuple[ViewerAction, ...] = (
     ViewerAction("next_threat", "Centre the next threat box", _next_threat),
     ViewerAction("ruler", "Ruler", _tool("ruler")),
     ViewerAction("region", "Region statistics", _tool("roi")),
-    ViewerAction("clear_measure", "Clear the measurement", _clear_measure),
+    ViewerAction("mark_box", "Mark a threat the machine missed: drag its box", _tool("mark"), needs_image=True),
+    ViewerAction("clear_measure", "Clear the measurement and the marked box", _clear_measure),
     ViewerAction("crosshair", "Crosshair on / off", _crosshair),
     ViewerAction("zoom_in", "Zoom in", _zoom(0.8)),
     ViewerAction("zoom_out", "Zoom out", _zoom(1.25)),

@@ -24,8 +24,8 @@ wheel, Up/Down, Left/Right, PageUp/PageDown, Home/End scroll (in the projection:
 Ctrl+wheel or +/- zoom, Shift+drag or middle drag pan, R resets; right drag windows;
 1 series window, 2-6 presets; A auto window; C colour map, I inverse; L layout;
 S slab mode (MIP, MinIP, average) with [ ] thickness; P projection MIP/average, , . turn;
-T threat boxes, N next threat; D ruler, O region statistics, Delete clears them;
-X crosshair; H help. Inside the main window 1-3, N, P, F1 and ? are triage keys
+T threat boxes, N next threat; D ruler, O region statistics, B marks a threat box,
+Delete clears them; X crosshair; H help. Inside the main window 1-3, N, P, F1 and ? are triage keys
 (station.ui.triage.controller): there the presets are Alt+1..6, next threat Shift+N and the
 projection mode Shift+P (the modifiers reach this handler with the same key code).
 """
@@ -158,7 +158,7 @@ _HELP = (
     ("S · [ ]", "slab MIP / MinIP / average · thickness"),
     ("P · , .", "projection MIP / average · turn"),
     ("T · N", "threat boxes · next threat"),
-    ("D · O · Del", "ruler · region statistics · clear"),
+    ("D · O · B · Del", "ruler · region statistics · mark a threat box · clear"),
     ("X · H", "crosshair · this help"),
     ("Alt+1–6 · Shift+N · Shift+P", "in the station (1-3, N, P are triage keys; F1 lists all)"),
 )
@@ -478,6 +478,7 @@ class SliceViewer(QWidget):
         self._threat_cursor = -1
         self._tool: str | None = None
         self._measure: dict[str, Any] | None = None
+        self._drawn: ThreatBox | None = None  # the analyst's own box (tool "mark")
         self._help = False
         self._active = "axial"
         self._hover_pane = ""
@@ -672,8 +673,19 @@ class SliceViewer(QWidget):
 
     @property
     def tool(self) -> str | None:
-        """The left-button tool: None (crosshair), "ruler" or "roi"."""
+        """The left-button tool: None (crosshair), "ruler", "roi" or "mark"."""
         return self._tool
+
+    @property
+    def drawn_box(self) -> ThreatBox | None:
+        """The box the analyst marked (a threat the machine missed), in voxel (x, y, z) of
+        the volume's geometric order; None when none is drawn."""
+        return self._drawn
+
+    def clear_drawn_box(self) -> None:
+        self._drawn = None
+        self._refresh_annotations()
+        self._update_overlay()
 
     @property
     def measurement(self) -> dict[str, Any] | None:
@@ -812,6 +824,7 @@ class SliceViewer(QWidget):
         self._threats = []
         self._threat_cursor = -1
         self._measure = None
+        self._drawn = None
         self._errors = []
         self._hover = ""
         self._hover_pane = ""
@@ -940,8 +953,10 @@ class SliceViewer(QWidget):
         self._update_overlay()
 
     def set_tool(self, tool: str | None) -> None:
-        """Left-button tool: None (crosshair), "ruler" (distance) or "roi" (statistics)."""
-        if tool not in (None, "ruler", "roi"):
+        """Left-button tool: None (crosshair), "ruler" (distance), "roi" (statistics) or
+        "mark" (draw a threat box: a drag in one plane sets its two axes, a drag in another
+        plane its depth)."""
+        if tool not in (None, "ruler", "roi", "mark"):
             raise ValueError(f"unknown tool {tool!r}")
         self._tool = tool
         self._update_overlay()
@@ -1553,7 +1568,7 @@ class SliceViewer(QWidget):
         spacing = self._axis_spacing()
         h, v = plane_axes(name, self._mode)
         shapes = []
-        for box in self._threats:
+        for box in [*self._threats, *([self._drawn] if self._drawn is not None else [])]:
             tag = "ATR" if box.source == "machine" else "OP"
             label = f"{tag} {box.label or box.flag.replace('_', ' ').title()}"
             if name == "projection":
@@ -1666,7 +1681,8 @@ class SliceViewer(QWidget):
         if not self._threats_visible and self._threats:
             tr.append(f"{len(self._threats)} threat box(es) hidden (T)")
         if self._tool is not None:
-            tr.append("Ruler: drag to measure" if self._tool == "ruler" else "Region: drag a rectangle")
+            tr.append({"ruler": "Ruler: drag to measure", "roi": "Region: drag a rectangle",
+                       "mark": "Mark: drag a box (another plane: depth)"}[self._tool])
         w = self._window
         cmap = COLORMAP_TITLES[self._effective_colormap()]
         wl = (f"{w.name} · W {w.width:.0f}  L {w.center:.0f}{units}" if w and w.name not in ("Custom", "Series", "Auto")
@@ -1875,6 +1891,8 @@ class SliceViewer(QWidget):
         elif self._tool == "roi":
             self._measure = {"pane": pane, "kind": "roi", "p0": start, "p1": pos}
             self._refresh_annotations(pane)
+        elif self._tool == "mark" and pane != "projection":
+            self._mark(pane, start, pos)
         elif pane == "projection":
             if phase == 0:
                 self._drag_origin = (start.x(), self._proj_angle)
@@ -1887,6 +1905,30 @@ class SliceViewer(QWidget):
         elif not self.planar:
             x, y, z = self._voxel_at(pane, pos)
             self.set_crosshair(x, y, z)
+
+    def _mark(self, pane: str, start: QPointF, pos: QPointF) -> None:
+        """Drag of the "mark" tool: the rectangle sets the box along the pane's two axes
+        (whole voxels, inside the volume); along the third the box keeps what an earlier
+        drag in another plane gave it, else the slice on screen."""
+        nz, rows, cols = self._shape()
+        size = {"x": cols, "y": rows, "z": nz}
+        a, b = self._voxel_at(pane, start), self._voxel_at(pane, pos)
+        old = self._drawn
+        base, extent = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+        for axis in ("x", "y", "z"):
+            i = AXES[axis]
+            if a[i] is not None and b[i] is not None:
+                lo = max(0, min(a[i], b[i]))
+                hi = min(size[axis] - 1, max(a[i], b[i]))
+                base[i], extent[i] = float(lo), float(max(hi - lo + 1, 1))
+            elif old is not None:
+                base[i], extent[i] = old.base[i], old.extent[i]
+            else:
+                base[i] = float(0 if self.planar and axis == "z" else self._axis_index(axis))
+        self._drawn = ThreatBox(base=tuple(base), extent=tuple(extent), label="Marked",  # type: ignore[arg-type]
+                                source="operator", flag="THREAT")
+        self._refresh_annotations()
+        self._update_overlay()
 
     def _on_mouse_moved(self, pane: str, scene_pos: QPointF) -> None:
         p = self.panes[pane]
