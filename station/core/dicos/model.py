@@ -48,10 +48,10 @@ def category_to_wire(category: str) -> str:
 def category_from_wire(value: str) -> str:
     """The model category (one of THREAT_CATEGORIES when known) for a ThreatCategory value."""
     value = value.strip().upper()
-    if value in ("PI", "PROHIBITED ITEM", "WEAPON") or value.endswith(" PI") and value != "PHARMACEUTICAL PI":
-        return "PROHIBITED_ITEM"
     if value == "PHARMACEUTICAL PI":
         return "PHARMACEUTICAL"
+    if value in ("PI", "PROHIBITED ITEM", "WEAPON") or value.endswith(" PI"):
+        return "PROHIBITED_ITEM"
     return value or "OTHER"
 
 DICOS_VERSION = "V03"

@@ -7,9 +7,9 @@ import logging
 import math
 import os
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from dataclasses import replace
 from typing import Any
 
 import numpy as np

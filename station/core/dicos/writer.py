@@ -116,6 +116,15 @@ def _new_dataset(sop_uid: str, now: datetime) -> Dataset:
     return ds
 
 
+def _set_ooi_from_scan(ds: Dataset, scan: ScanRef, now: datetime) -> None:
+    """``_set_ooi_and_scan`` with everything taken from ``scan``."""
+    _set_ooi_and_scan(ds, patient_id=scan.patient_id, patient_name=scan.patient_name,
+                      ooi_id_type=scan.ooi_id_type, ooi_type=scan.ooi_type,
+                      study_uid=scan.study_uid, study_date=scan.study_date,
+                      study_time=scan.study_time, frame_uid=scan.frame_of_reference_uid, now=now,
+                      issuer=scan.ooi_id_issuer, scan_id=scan.scan_id)
+
+
 def _set_ooi_and_scan(ds: Dataset, *, patient_id: str, patient_name: str, ooi_id_type: str,
                       ooi_type: str, study_uid: str, study_date: str, study_time: str,
                       frame_uid: str, now: datetime, issuer: str = "", scan_id: str = "") -> None:
@@ -321,11 +330,7 @@ def write_machine_tdr(
 
     sop_uid = sop_instance_uid or generate_uid()
     ds = _new_dataset(sop_uid, now)
-    _set_ooi_and_scan(ds, patient_id=scan.patient_id, patient_name=scan.patient_name,
-                      ooi_id_type=scan.ooi_id_type, ooi_type=scan.ooi_type,
-                      study_uid=scan.study_uid, study_date=scan.study_date,
-                      study_time=scan.study_time, frame_uid=scan.frame_of_reference_uid, now=now,
-                      issuer=scan.ooi_id_issuer, scan_id=scan.scan_id)
+    _set_ooi_from_scan(ds, scan, now)
     ds.SeriesInstanceUID = UID(series_uid or generate_uid())
     ds.SeriesNumber = 900
     ds.SeriesDescription = f"Machine TDR ({algorithm})"[:64]
@@ -452,11 +457,7 @@ def write_operator_tdr(
                           issuer=machine.ooi_id_issuer, scan_id=machine.scan_id)
     else:
         assert scan is not None
-        _set_ooi_and_scan(ds, patient_id=scan.patient_id, patient_name=scan.patient_name,
-                          ooi_id_type=scan.ooi_id_type, ooi_type=scan.ooi_type, study_uid=scan.study_uid,
-                          study_date=scan.study_date, study_time=scan.study_time,
-                          frame_uid=scan.frame_of_reference_uid, now=now, issuer=scan.ooi_id_issuer,
-                          scan_id=scan.scan_id)
+        _set_ooi_from_scan(ds, scan, now)
     ds.SeriesInstanceUID = generate_uid()
     ds.SeriesNumber = 901
     ds.SeriesDescription = f"Operator TDR ({decision})"
@@ -466,13 +467,13 @@ def write_operator_tdr(
     ds.OperatorsName = operator
     ds.OperatorIdentificationSequence = DicomSequence([_person_identification(operator, site)])
     ref_tdr = Dataset()
-    if machine is not None:
+    if machine is None:
+        _reference_scan_series(ds, scan)
+    else:
         ref_tdr.ReferencedSOPClassUID = UID(machine.sop_class_uid or DICOS_TDR)
         ref_tdr.ReferencedSOPInstanceUID = UID(machine.sop_instance_uid)
         ds.ReferencedTDRInstanceSequence = DicomSequence([ref_tdr])
-    if machine is None:
-        _reference_scan_series(ds, scan)
-    elif machine.referenced_series:
+    if machine is not None and machine.referenced_series:
         series_items = []
         classes = {r.sop_instance_uid: r.sop_class_uid for r in machine.referenced_instances}
         for series_uid, uids in machine.referenced_series.items():

@@ -69,9 +69,7 @@ def _remap(pto: Pto, mapping: Sequence[int]) -> Pto:
         return pto
     planes = [mapping[k] for k in range(lo, hi)]
     new_lo, new_hi = min(planes), max(planes) + 1
-    descending = len(planes) > 1 and planes[0] > planes[-1]
-    if len(planes) == 1:
-        descending = mapping[0] > mapping[-1]
+    descending = planes[0] > planes[-1]  # one plane: nothing to turn over either way
     changes: dict[str, Any] = {
         "base": (pto.base[0], pto.base[1], float(new_lo)),
         "extent": (pto.extent[0], pto.extent[1], float(new_hi - new_lo)),

@@ -35,6 +35,7 @@ class StoreMaintenance:
         self.store = store
         self.on_warning = on_warning  # told when protected scans alone exceed the quota
         self.over_quota: str | None = None  # the last such warning, None while within quota
+        self._over_quota_for: tuple[int, int] | None = None  # (alarmed scans, their bytes) warned of
         self.settings = settings
         self.recently_opened_s = recently_opened_s
         self.clock = clock
@@ -72,21 +73,18 @@ class StoreMaintenance:
     def _check_quota(self, quota: int | None, alarmed: set[str]) -> None:
         """Say loudly (an ERROR in the log and ``on_warning``, once per change) when what may
         not be evicted alone exceeds the quota: the store then grows past it."""
-        if quota is None:
-            self.over_quota = None
-            return
-        rows = self.store.series_list()
+        rows = self.store.series_list() if quota is not None else []
         total = sum(r.bytes for r in rows)
-        if total <= quota:
-            self.over_quota = None
+        if quota is None or total <= quota:  # within bounds: a later excess is news again
+            self.over_quota, self._over_quota_for = None, None
             return
         alarm_bytes = sum(r.bytes for r in rows if r.series_uid in alarmed)
         message = (f"store over its quota: {total / 1e9:.2f} GB kept, quota {quota / 1e9:.2f} GB; "
                    f"{len(alarmed)} scan(s) with unresolved alarms hold {alarm_bytes / 1e9:.2f} GB and "
                    "cannot be evicted (nor pinned, pending or open scans): resolve the alarms, unpin "
                    "scans or raise [store] quota_gb")
-        changed = self.over_quota is None or self.over_quota.split(";")[1:] != message.split(";")[1:]
-        self.over_quota = message
+        changed = (len(alarmed), alarm_bytes) != self._over_quota_for
+        self.over_quota, self._over_quota_for = message, (len(alarmed), alarm_bytes)
         if changed:
             LOGGER.error("%s", message)
             if self.on_warning is not None:

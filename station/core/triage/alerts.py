@@ -232,13 +232,14 @@ class AlertBook:
         """Attach alerts whose scan arrived after their TDR."""
         with self._lock:
             unattached = [a for a in self._alerts.values() if a.series_uid is None]
+        series_now: dict[str, str | None] = {}  # alert key -> its series, once per TDR
+        for tdr_uid in dict.fromkeys(a.tdr_uid for a in unattached):
+            tdr = self._machine.get(tdr_uid)
+            if tdr is not None:
+                series_now.update((a.key, a.series_uid) for a in alerts_of(
+                    tdr, self._series_for(tdr), 0.0, self._view_series))
         for alert in unattached:
-            tdr = self._machine.get(alert.tdr_uid)
-            if tdr is None:
-                continue
-            now = {a.key: a.series_uid for a in alerts_of(tdr, self._series_for(tdr), alert.raised_at,
-                                                          self._view_series)}
-            series = now.get(alert.key)
+            series = series_now.get(alert.key)
             if series:
                 with self._lock:
                     self._alerts[alert.key] = _replace_series(alert, series)

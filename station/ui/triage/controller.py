@@ -385,9 +385,8 @@ class TriageController(QObject):
                      if k in alerts and alerts[k].pto_id is not None} if len(tdr_uids) == 1 else None
         now = time.time()
         try:
-            marked = window.viewer.drawn_box is not None and decision != "CLEAR"
-            written = (window.record_decision(decision, pto_marks=pto_marks, note=self._note)
-                       if tdr_uids or marked else [])
+            # Without machine TDRs this writes a TDR only for a box the analyst marked.
+            written = window.record_decision(decision, pto_marks=pto_marks, note=self._note)
             window.store.set_decision(uid, decision)
             if self.audit is not None:
                 row = window.store.series(uid)
